@@ -1,0 +1,56 @@
+"""Command line: ``python -m pipeline <stage> [--params params.yaml] [stage options]``.
+
+A thin layer: it validates params.yaml (so bad params stop the run before any work), imports
+only the chosen stage's module, and turns the project's known errors into one-line messages.
+Each stage module defines ``add_arguments(parser)`` and ``run(args, params)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline.errors import PipelineError
+from pipeline.params import ParamsError, load_params
+
+#: stage name -> (module, one-line help)
+STAGES = {
+    "sample": ("pipeline.sample_stage", "generate the built-in synthetic VOC dataset"),
+    "convert": ("pipeline.convert", "convert a VOC or COCO dataset to sharded TFRecords (Beam)"),
+    "configure": ("pipeline.configure", "render pipeline.config from a template and params"),
+    "train": ("pipeline.train", "train with the OD API's model_main_tf2"),
+    "export": ("pipeline.export", "export a SavedModel with exporter_main_v2 and smoke-test it"),
+    "report": ("pipeline.report", "evaluate the SavedModel on the test split (COCO metrics)"),
+}
+
+
+def build_parser(stage: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (module_name, help_text) in STAGES.items():
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text)
+        stage_parser.add_argument(
+            "--params", default="params.yaml", help="params file (default: params.yaml)"
+        )
+        if name == stage:  # import only the module of the stage being run
+            importlib.import_module(module_name).add_arguments(stage_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    stage = next((a for a in argv if a in STAGES), None)
+    args = build_parser(stage).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)  # Beam adds a root handler at import
+    try:
+        params = load_params(args.params)
+        importlib.import_module(STAGES[args.stage][0]).run(args, params)
+    except ParamsError as err:
+        print(f"error: bad params ({args.params}): {err}", file=sys.stderr)
+        return 2
+    except PipelineError as err:
+        print(f"error: {args.stage}: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,238 @@
+"""Typed, validated parameters read from ``params.yaml``.
+
+Every stage loads the whole file through :func:`load_params`, so a bad key anywhere stops
+the run before any work is done. Each section is a frozen dataclass; the rules for a field
+(range, choices) live in its ``metadata`` so that the error message can name the key and the
+values it allows. Unknown keys are errors, never ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = PROJECT_ROOT / "configs"
+
+
+class ParamsError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range."""
+
+
+def _rng(low: float | None = None, high: float | None = None, **extra: Any) -> dict:
+    return {"min": low, "max": high, **extra}
+
+
+def available_models() -> tuple[str, ...]:
+    """Names of the pipeline.config templates shipped in ``configs/``."""
+    return tuple(sorted(p.stem for p in CONFIGS_DIR.glob("*.config")))
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    """The built-in synthetic dataset (stage ``sample``)."""
+
+    num_images: int = field(default=400, metadata=_rng(10, 100_000))
+    image_size: int = field(default=256, metadata=_rng(64, 2048))
+    classes: tuple[str, ...] = ("circle", "square", "triangle")
+    max_objects: int = field(default=6, metadata=_rng(1, 100))
+    val_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
+    test_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
+    seed: int = field(default=0, metadata=_rng(0))
+
+    def check(self) -> None:
+        if len(self.classes) < 1 or len(set(self.classes)) != len(self.classes):
+            raise ParamsError(
+                f"sample.classes must be a non-empty list of distinct names, got {list(self.classes)}"
+            )
+        unknown = set(self.classes) - set(SHAPES)
+        if unknown:
+            raise ParamsError(
+                f"sample.classes has unknown shape(s) {sorted(unknown)}; allowed: {list(SHAPES)}"
+            )
+
+
+#: Shapes the sample generator can draw (``sample.classes`` picks among them).
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the dataset to convert lives and in which format."""
+
+    format: Literal["voc", "coco"] = "voc"
+    root: str = "data/sample"
+    coco_annotation_file: str = "_annotations.coco.json"
+    classes: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if not self.root.strip():
+            raise ParamsError("data.root must be a non-empty path")
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    """The Beam conversion to TFRecords (stage ``convert``)."""
+
+    num_shards: int = field(default=0, metadata=_rng(0, 10_000))
+    runner: str = "DirectRunner"
+    direct_num_workers: int = field(default=0, metadata=_rng(0, 1024))
+    pipeline_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Which detector template to train and at which input size (stage ``configure``)."""
+
+    name: str = "ssd_mobilenet_v2_fpnlite_cpu"
+    image_size: int = field(default=256, metadata=_rng(64, 2048))
+    checkpoint: str = "none"
+
+    def check(self) -> None:
+        choices = available_models()
+        if self.name not in choices:
+            raise ParamsError(f"model.name must be one of {list(choices)}, got {self.name!r}")
+        if self.checkpoint != "none":
+            raise ParamsError(
+                f"model.checkpoint must be 'none' (train from scratch), got {self.checkpoint!r}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Optimisation settings written into pipeline.config and the training loop."""
+
+    batch_size: int = field(default=16, metadata=_rng(1, 4096))
+    num_steps: int = field(default=1000, metadata=_rng(1, 10_000_000))
+    learning_rate: float = field(default=0.08, metadata=_rng(1e-7, 10.0))
+    warmup_steps: int = field(default=100, metadata=_rng(0, 10_000_000))
+    checkpoint_every_n: int = field(default=500, metadata=_rng(1, 10_000_000))
+    max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
+
+    def check(self) -> None:
+        if self.warmup_steps >= self.num_steps:
+            raise ParamsError(
+                f"train.warmup_steps must be smaller than train.num_steps ({self.num_steps}), "
+                f"got {self.warmup_steps}"
+            )
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """How the SavedModel takes its input (stage ``export``)."""
+
+    input_type: Literal["image_tensor", "encoded_image_string_tensor", "tf_example"] = (
+        "image_tensor"
+    )
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """Test-set evaluation (stage ``report``)."""
+
+    warmup_images: int = field(default=2, metadata=_rng(0, 1000))
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    """Where runs are recorded. ``MLFLOW_TRACKING_URI`` overrides ``tracking_uri``."""
+
+    experiment: str = "object-detection"
+    tracking_uri: str = "sqlite:///mlflow.db"
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    sample: SampleParams = SampleParams()
+    data: DataParams = DataParams()
+    convert: ConvertParams = ConvertParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    export: ExportParams = ExportParams()
+    report: ReportParams = ReportParams()
+    mlflow: MlflowParams = MlflowParams()
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read, type-check and validate params.yaml; raise :class:`ParamsError` on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: Any) -> Params:
+    """Build a validated :class:`Params` from a plain mapping (as parsed from YAML)."""
+    return _build(Params, raw, prefix="")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"unknown key(s) {[prefix + str(k) for k in unknown]} in {where}; "
+            f"allowed: {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {
+        name: _convert(prefix + name, raw[name], hints[name], fields[name].metadata)
+        for name in fields
+        if name in raw
+    }
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def _convert(key: str, value: Any, tp: Any, meta: Any) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=key + ".")
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ParamsError(f"{key} must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        return _convert_list(key, value, typing.get_args(tp)[0])
+    return _check_range(key, _convert_scalar(key, value, tp), meta)
+
+
+def _convert_list(key: str, value: Any, item_type: type) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ParamsError(f"{key} must be a list of {item_type.__name__}, got {value!r}")
+    return tuple(_convert_scalar(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
+
+
+def _convert_scalar(key: str, value: Any, tp: type) -> Any:
+    # bool is a subclass of int in Python: refuse True where a number is expected.
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ParamsError(f"{key} must be of type {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _check_range(key: str, value: Any, meta: Any) -> Any:
+    low, high = meta.get("min"), meta.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ParamsError(f"{key} must be in {bounds}, got {value!r}")
+    return value

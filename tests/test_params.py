@@ -1,0 +1,59 @@
+"""params.yaml is read into a typed object; bad params are refused with a precise message."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.params import Params, ParamsError, available_models, load_params, params_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_file_is_valid_and_uses_the_default_model():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.name in available_models()
+    assert params.sample.classes == ("circle", "square", "triangle")
+
+
+def test_empty_file_gives_the_documented_defaults(tmp_path):
+    (tmp_path / "p.yaml").write_text("")
+    assert load_params(tmp_path / "p.yaml") == Params()
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"trian": {}}, "unknown key(s) ['trian'] in params.yaml; allowed: ['convert', 'data'"),
+        ({"train": {"batch": 4}}, "unknown key(s) ['train.batch'] in train; allowed: ['batch_size'"),
+        ({"train": {"batch_size": "16"}}, "train.batch_size must be of type int, got '16' (str)"),
+        ({"train": {"batch_size": True}}, "train.batch_size must be of type int, got True (bool)"),
+        ({"train": {"batch_size": 0}}, "train.batch_size must be in [1, 4096], got 0"),
+        ({"train": {"learning_rate": -1}}, "train.learning_rate must be in [1e-07, 10.0], got -1.0"),
+        ({"data": {"format": "yolo"}}, "data.format must be one of ['voc', 'coco'], got 'yolo'"),
+        ({"model": {"name": "yolo"}}, "model.name must be one of ['ssd_mobilenet_v2_fpnlite_cpu'"),
+        ({"sample": {"classes": ["circle", "blob"]}}, "sample.classes has unknown shape(s) ['blob']"),
+        ({"sample": {"classes": "circle"}}, "sample.classes must be a list of str, got 'circle'"),
+        ({"train": {"num_steps": 10, "warmup_steps": 10}}, "train.warmup_steps must be smaller"),
+        ({"train": []}, "train must be a mapping, got list"),
+        ({"export": {"input_type": "float"}}, "export.input_type must be one of ['image_tensor'"),
+    ],
+)
+def test_bad_params_name_the_key_and_the_allowed_values(raw, message):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict(raw)
+    assert message in str(err.value)
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert params_from_dict({"train": {"learning_rate": 1}}).train.learning_rate == 1.0
+
+
+def test_invalid_yaml_is_a_params_error(tmp_path):
+    (tmp_path / "p.yaml").write_text("train: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "p.yaml")
+
+
+def test_params_objects_are_frozen():
+    params = Params()
+    with pytest.raises(AttributeError):
+        params.train.batch_size = 3
