@@ -1,0 +1,25 @@
+"""CLI of stage ``sample`` (the generator itself is :mod:`pipeline.sample`)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline import sample, tracking
+from pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", type=Path, default=Path("data/sample"),
+                        help="dataset root to write (default: data/sample)")
+
+
+def run(args: argparse.Namespace, params: Params) -> None:
+    splits = sample.generate(params.sample, args.output)
+    counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
+    log.info("wrote %d images to %s (%s)", params.sample.num_images, args.output, counts)
+    with tracking.start_run(params.mlflow, "sample") as mlflow:
+        mlflow.log_params(tracking.flatten_params(params, ("sample",)))
+        mlflow.log_metrics({f"images.{split}": len(names) for split, names in splits.items()})
