@@ -1,0 +1,89 @@
+"""The COCO reader on small datasets built in tmp_path."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.coco import read_coco
+from pipeline.errors import PipelineError
+from pipeline.records import ObjectAnnotation
+
+ANNOTATIONS = "_annotations.coco.json"
+
+
+def coco_json(images: list[dict], annotations: list[dict]) -> dict:
+    """Roboflow-like: placeholder category 0 without annotations, gapped ids 3 and 7."""
+    return {
+        "info": {"year": "2021"},
+        "categories": [
+            {"id": 0, "name": "animals", "supercategory": "none"},
+            {"id": 3, "name": "cat", "supercategory": "animals"},
+            {"id": 7, "name": "dog", "supercategory": "animals"},
+        ],
+        "images": images,
+        "annotations": annotations,
+    }
+
+
+def image(image_id: int, name: str) -> dict:
+    return {"id": image_id, "file_name": name, "width": 100, "height": 80}
+
+
+def ann(ann_id: int, image_id: int, category: int, bbox: list[float], crowd: int = 0) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": category, "bbox": bbox,
+            "iscrowd": crowd, "area": bbox[2] * bbox[3]}
+
+
+@pytest.fixture
+def coco(tmp_path: Path) -> Path:
+    """train/ with a negative image (no annotations) and valid/ (the Roboflow name for val)."""
+    train = coco_json(
+        [image(0, "a.jpg"), image(1, "negative.jpg")],
+        [ann(0, 0, 3, [10.5, 20, 30.25, 40]), ann(1, 0, 7, [0, 0, 100, 80], crowd=1)],
+    )
+    valid = coco_json([image(5, "v.jpg")], [ann(9, 5, 7, [1, 2, 3, 4])])
+    for folder, data in (("train", train), ("valid", valid)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / ANNOTATIONS).write_text(json.dumps(data))
+    return tmp_path
+
+
+def test_reads_splits_boxes_and_names(coco: Path) -> None:
+    records = read_coco(coco, ANNOTATIONS)
+    assert [(r.image_id, r.split) for r in records] == [
+        ("a.jpg", "train"), ("negative.jpg", "train"), ("v.jpg", "val")]
+    a, negative, v = records
+    assert a.image_path == str(coco.resolve() / "train" / "a.jpg")
+    assert (a.width, a.height) == (100, 80)
+    assert a.objects == (
+        ObjectAnnotation("cat", 10.5, 20.0, 40.75, 60.0),
+        ObjectAnnotation("dog", 0.0, 0.0, 100.0, 80.0, is_crowd=True),
+    )
+    assert negative.objects == ()  # kept as a negative example
+    assert v.objects == (ObjectAnnotation("dog", 1.0, 2.0, 4.0, 6.0),)
+
+
+def test_placeholder_category_never_appears(coco: Path) -> None:
+    labels = {o.label for r in read_coco(coco, ANNOTATIONS) for o in r.objects}
+    assert labels == {"cat", "dog"}
+
+
+def test_unknown_category_is_a_clear_error(coco: Path) -> None:
+    path = coco / "train" / ANNOTATIONS
+    data = json.loads(path.read_text())
+    data["annotations"].append(ann(5, 0, 42, [1, 1, 2, 2]))
+    path.write_text(json.dumps(data))
+    with pytest.raises(PipelineError, match="annotation 5 refers to an unknown"):
+        read_coco(coco, ANNOTATIONS)
+
+
+def test_missing_annotation_file_names_the_setting(coco: Path) -> None:
+    with pytest.raises(PipelineError, match="data.coco_annotation_file"):
+        read_coco(coco, "other.json")
+
+
+def test_not_a_coco_root(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="not a COCO dataset root"):
+        read_coco(tmp_path, ANNOTATIONS)
