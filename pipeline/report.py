@@ -1,0 +1,349 @@
+"""Stage ``report``: evaluate the exported SavedModel on the test split.
+
+Reads ``DATA/test.tfrecord-*`` and ``DATA/label_map.pbtxt``, runs ``MODEL/saved_model`` one
+image at a time (batch 1, as a deployed detector would) and writes into ``OUTPUT``:
+
+- ``metrics.json``: COCO box metrics (see :mod:`pipeline.coco_eval`; ``null`` = no ground
+  truth in that bucket), ``per_class`` AP, ``latency_ms`` (p50, p95, mean),
+  ``images_per_second``, ``num_images`` and ``num_detections``. Written last and atomically,
+  so it only exists when the whole evaluation succeeded.
+- ``groundtruth.json`` and ``detections.json``: the COCO files the metrics come from.
+- ``per_class.csv`` (class, ap, ap50), ``plots/pr_curve.png`` and ``plots/pr_curve.csv``
+  (precision-recall per class at IoU 0.5, long format for ``dvc plots``).
+
+Latency is wall time around the model call plus the conversion of its outputs to numpy;
+reading records and, for ``image_tensor`` models, JPEG decoding are not included. The first
+``report.warmup_images`` images are run once more, untimed, before their timed run, so
+tracing and memory allocation do not count.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from pipeline import coco_eval, labelmap, tracking
+from pipeline.coco_eval import GroundTruthImage, ImageDetections
+from pipeline.errors import PipelineError
+from pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+_LOG_EVERY = 50  # images between progress lines when stderr is not a terminal (no tqdm bar)
+_OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the stage's command-line options."""
+    parser.add_argument("--model", type=Path, default=Path("models/exported"),
+                        help="export directory containing saved_model/ (default: models/exported)")
+    parser.add_argument("--data", type=Path, default=Path("data/tfrecords"),
+                        help="directory with test.tfrecord-* and label_map.pbtxt "
+                             "(default: data/tfrecords)")
+    parser.add_argument("--output", type=Path, default=Path("reports"),
+                        help="directory for metrics.json, COCO files and plots (default: reports)")
+
+
+def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    """Evaluate and return the metrics written to ``metrics.json``."""
+    metrics = evaluate(args.model, args.data, args.output, params.report.warmup_images)
+    log_to_mlflow(params, Path(args.model), Path(args.output), metrics)
+    log.info("mAP %s, mAP@0.5 %s, %s images/s on %d test images; wrote %s",
+             _fmt(metrics["map"]), _fmt(metrics["map_50"]), _fmt(metrics["images_per_second"]),
+             metrics["num_images"], Path(args.output) / "metrics.json")
+    return metrics
+
+
+def log_to_mlflow(params: Params, model_dir: Path, output_dir: Path, metrics: dict) -> None:
+    """Add the test metrics and report files to the model's MLflow run (see tracking.py)."""
+    run_id = tracking.read_run_file(model_dir)
+    with tracking.start_run(params.mlflow, "report", run_id=run_id) as mlflow:
+        tracking.log_numbers(mlflow, metrics, prefix="test.")
+        files = ["metrics.json", "per_class.csv", "groundtruth.json", "detections.json",
+                 "plots/pr_curve.png"]
+        tracking.log_existing_artifacts(mlflow, [output_dir / f for f in files], "report")
+
+
+def evaluate(model_dir: str | Path, data_dir: str | Path, output_dir: str | Path,
+             warmup_images: int = 2) -> dict[str, Any]:
+    """Run the model on every test record, score it (COCO) and write the report files."""
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    files = find_test_records(data_dir)
+    categories = read_label_map(data_dir / "label_map.pbtxt")
+    detector = Detector.load(model_dir)
+    truths, detections, latencies = _infer_all(detector, files, warmup_images)
+    _check_class_ids(truths, categories)
+    groundtruth = coco_eval.groundtruth_dict(truths, categories)
+    results = coco_eval.detections_list(detections)
+    evaluator = coco_eval.run_cocoeval(groundtruth, results)
+    metrics = {
+        **coco_eval.summary_metrics(evaluator),
+        "per_class": coco_eval.per_class_metrics(evaluator),
+        **_speed(latencies),
+        "num_images": len(truths),
+        "num_detections": len(results),
+    }
+    _write_outputs(output_dir, metrics, groundtruth, results, evaluator)
+    return metrics
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def find_test_records(data_dir: Path) -> list[str]:
+    """The sorted ``test.tfrecord-*`` shards in ``data_dir``; PipelineError if there are none."""
+    if not data_dir.is_dir():
+        raise PipelineError(f"data directory {data_dir} not found; run the convert stage first")
+    files = sorted(str(p) for p in data_dir.glob("test.tfrecord-*") if p.is_file())
+    if not files:
+        raise PipelineError(f"no test records (test.tfrecord-*) in {data_dir}; "
+                            "run the convert stage with a non-empty test split")
+    return files
+
+
+def read_label_map(path: Path) -> dict[int, str]:
+    """``{id: name}`` from an OD API ``label_map.pbtxt``; PipelineError if missing or invalid."""
+    if not path.is_file():
+        raise PipelineError(f"label map {path} not found; run the convert stage first")
+    from google.protobuf import text_format
+
+    try:
+        categories = {cid: name for name, cid in labelmap.read_label_map(path).items()}
+    except text_format.ParseError as err:
+        raise PipelineError(f"{path} is not a valid label map: {err}") from None
+    if not categories:
+        raise PipelineError(f"label map {path} has no items")
+    return categories
+
+
+def _check_class_ids(truths: list[GroundTruthImage], categories: dict[int, str]) -> None:
+    # COCOeval silently ignores annotations of unknown categories; that would inflate scores.
+    used = {int(c) for t in truths for c in t.classes}
+    unknown = sorted(used - set(categories))
+    if unknown:
+        raise PipelineError(f"test records use class id(s) {unknown} that label_map.pbtxt lacks")
+
+
+def _features() -> dict[str, Any]:
+    return {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/height": tf.io.FixedLenFeature([], tf.int64),
+        "image/width": tf.io.FixedLenFeature([], tf.int64),
+        "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "image/source_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        **{f"image/object/bbox/{k}": tf.io.VarLenFeature(tf.float32)
+           for k in ("ymin", "xmin", "ymax", "xmax")},
+        "image/object/class/label": tf.io.VarLenFeature(tf.int64),
+        "image/object/is_crowd": tf.io.VarLenFeature(tf.int64),
+        "image/object/area": tf.io.VarLenFeature(tf.float32),
+    }
+
+
+def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    parsed = tf.io.parse_single_example(serialized, _features())
+    dense = {k: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v
+             for k, v in parsed.items()}
+    return serialized, dense
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test record: the raw tf.Example, its parsed features and its ground truth."""
+
+    serialized: bytes  # the whole tf.Example (input of tf_example models)
+    features: dict[str, np.ndarray]
+    truth: GroundTruthImage
+
+
+def read_samples(files: list[str]) -> Iterator[Sample]:
+    """Yield the test images with their ground truth; COCO image ids are 1, 2, ... in order."""
+    dataset = tf.data.TFRecordDataset(files).map(_parse).prefetch(tf.data.AUTOTUNE)
+    try:
+        for image_id, (serialized, features) in enumerate(dataset, start=1):
+            features = {k: v.numpy() for k, v in features.items()}
+            yield Sample(serialized.numpy(), features, _truth(image_id, features))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+        raise PipelineError(f"cannot read test records {files}: {err.message}") from None
+
+
+def _truth(image_id: int, f: dict[str, np.ndarray]) -> GroundTruthImage:
+    boxes = np.stack([f[f"image/object/bbox/{k}"] for k in ("ymin", "xmin", "ymax", "xmax")], 1)
+    count = len(boxes)
+    crowd, area = f["image/object/is_crowd"], f["image/object/area"]
+    name = f["image/filename"].decode() or f["image/source_id"].decode() or str(image_id)
+    return GroundTruthImage(
+        image_id=image_id, file_name=name,
+        width=int(f["image/width"]), height=int(f["image/height"]),
+        boxes=boxes, classes=f["image/object/class/label"],
+        # Optional keys: absent -> not crowd, area from the box.
+        is_crowd=crowd if len(crowd) == count else None,
+        area=area if len(area) == count else None,
+    )
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+class Detector:
+    """An exported OD API SavedModel's ``serving_default`` signature, called with batch 1.
+
+    Works with all three exporter input types: ``image_tensor`` (uint8 [1, H, W, 3]),
+    ``encoded_image_string_tensor`` (the JPEG bytes) and ``tf_example`` (the serialized
+    tf.Example); the latter two are told apart by whether the graph parses tf.Examples.
+    """
+
+    def __init__(self, signature: Any, owner: Any = None):
+        self._signature = signature
+        self._owner = owner  # the loaded SavedModel: keeps the signature's variables alive
+        (self._arg, spec), = signature.structured_input_signature[1].items()
+        if spec.dtype == tf.uint8:
+            self.input_type = "image_tensor"
+        elif _parses_examples(signature):
+            self.input_type = "tf_example"
+        else:
+            self.input_type = "encoded_image_string_tensor"
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Detector:
+        """Load ``model_dir/saved_model``; PipelineError if it is missing or unusable."""
+        path = Path(model_dir) / "saved_model"
+        if not (path / "saved_model.pb").is_file():
+            raise PipelineError(f"no SavedModel at {path} (saved_model.pb missing); "
+                                "run the export stage first")
+        try:
+            model = tf.saved_model.load(str(path))
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            raise PipelineError(f"cannot load the SavedModel at {path}: {err}") from None
+        if "serving_default" not in model.signatures:
+            raise PipelineError(f"SavedModel {path} has no 'serving_default' signature")
+        detector = cls(model.signatures["serving_default"], owner=model)
+        log.info("loaded %s (input: %s)", path, detector.input_type)
+        return detector
+
+    def model_input(self, sample: Sample) -> tf.Tensor:
+        """The signature's input for one test sample (decoded outside the timed call)."""
+        if self.input_type == "image_tensor":
+            image = tf.io.decode_image(sample.features["image/encoded"], channels=3,
+                                       expand_animations=False)
+            return image[tf.newaxis]
+        if self.input_type == "tf_example":
+            return tf.constant([sample.serialized])
+        return tf.constant([sample.features["image/encoded"]])
+
+    def __call__(self, inputs: tf.Tensor) -> dict[str, np.ndarray]:
+        """Run the model; outputs as numpy arrays with the batch dimension removed."""
+        outputs = self._signature(**{self._arg: inputs})
+        return {key: outputs[key].numpy()[0] for key in _OUTPUT_KEYS}
+
+
+def _parses_examples(signature: Any) -> bool:
+    graph_def = signature.graph.as_graph_def()
+    ops = {node.op for node in graph_def.node}
+    ops.update(node.op for f in graph_def.library.function for node in f.node_def)
+    return any(op.startswith("ParseExample") or op.startswith("ParseSingleExample") for op in ops)
+
+
+def _infer_all(detector: Detector, files: list[str], warmup_images: int
+               ) -> tuple[list[GroundTruthImage], list[ImageDetections], list[float]]:
+    truths, detections, latencies = [], [], []
+    progress = tqdm(read_samples(files), desc="report", unit="img", disable=None)
+    for index, sample in enumerate(progress):
+        inputs = detector.model_input(sample)
+        if index < warmup_images:
+            detector(inputs)  # untimed: the first calls trace and allocate
+        start = time.perf_counter()
+        outputs = detector(inputs)
+        latencies.append((time.perf_counter() - start) * 1000.0)
+        truths.append(sample.truth)
+        detections.append(_detections(sample.truth, outputs))
+        if progress.disable and (index + 1) % _LOG_EVERY == 0:
+            log.info("evaluated %d images", index + 1)
+    if not truths:
+        raise PipelineError(f"the test split is empty: no records in {files}")
+    return truths, detections, latencies
+
+
+def _detections(truth: GroundTruthImage, outputs: dict[str, np.ndarray]) -> ImageDetections:
+    count = int(outputs["num_detections"])  # outputs are padded to max_detections
+    return ImageDetections(
+        image_id=truth.image_id, width=truth.width, height=truth.height,
+        boxes=outputs["detection_boxes"][:count], scores=outputs["detection_scores"][:count],
+        classes=np.rint(outputs["detection_classes"][:count]).astype(np.int64),
+    )
+
+
+def _speed(latencies: list[float]) -> dict[str, Any]:
+    ms = np.asarray(latencies)
+    return {
+        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+                       "mean": float(ms.mean())},
+        "images_per_second": float(1000.0 * len(ms) / ms.sum()) if ms.sum() > 0 else None,
+    }
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def _write_outputs(output_dir: Path, metrics: dict, groundtruth: dict, results: list[dict],
+                   evaluator: Any) -> None:
+    coco_eval.save_coco(groundtruth, results, output_dir)
+    write_per_class_csv(output_dir / "per_class.csv", metrics["per_class"])
+    curves = coco_eval.pr_curves(evaluator, iou=0.5)
+    write_pr_csv(output_dir / "plots" / "pr_curve.csv", curves)
+    plot_pr_curves(output_dir / "plots" / "pr_curve.png", curves, metrics["per_class"])
+    coco_eval.write_json(output_dir / "metrics.json", metrics)  # last: marks a finished report
+
+
+def write_per_class_csv(path: Path, per_class: dict[str, dict]) -> None:
+    """``class,ap,ap50`` rows; empty cells for classes without ground truth."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "ap", "ap50"])
+        for name, scores in per_class.items():
+            writer.writerow([name, _cell(scores["ap"]), _cell(scores["ap50"])])
+
+
+def write_pr_csv(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Long-format ``class,recall,precision`` rows (one per COCO recall point and class)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "recall", "precision"])
+        for name, (recall, precision) in curves.items():
+            writer.writerows([name, f"{r:.2f}", f"{p:.6f}"] for r, p in zip(recall, precision))
+
+
+def plot_pr_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                   per_class: dict[str, dict]) -> None:
+    """Precision-recall curve per class at IoU 0.5, saved as PNG."""
+    # A bare Figure renders with Agg and never touches pyplot's global backend state.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 5), dpi=100)
+    axes = figure.add_subplot()
+    for name, (recall, precision) in curves.items():
+        axes.plot(recall, precision, label=f"{name} (AP50 {_fmt(per_class[name]['ap50'])})")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05),
+             title="Precision-recall on the test split (IoU 0.5)")
+    axes.grid(alpha=0.3)
+    if curves:
+        axes.legend(loc="lower left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
