@@ -162,6 +162,7 @@ def save_final_checkpoint_after_train_loop() -> None:
             return path
 
     def train_loop(*args, **kwargs):
+        without_autotune_model_thread(model_lib_v2.inputs)
         if kwargs.get("train_steps") and "num_steps_per_iteration" not in kwargs:
             kwargs["num_steps_per_iteration"] = steps_per_iteration(kwargs["train_steps"])
         tf.compat.v2.train.CheckpointManager = RecordingCheckpointManager
@@ -190,3 +191,30 @@ def save_final_checkpoint_after_train_loop() -> None:
 def steps_per_iteration(num_steps: int, limit: int = 100) -> int:
     """The largest block size <= ``limit`` that divides ``num_steps`` (1 at worst)."""
     return max(k for k in range(1, min(limit, num_steps) + 1) if num_steps % k == 0)
+
+
+# --- 5. tf.data teardown stall ----------------------------------------------------------------
+# Problem: when train_loop returns, destroying its input iterator waits for tf.data's autotune
+# model thread, which sleeps up to its 60 s optimisation period: every run longer than about a
+# minute ends with a ~58 s stall (measured here: 300 steps, 58 s between the last checkpoint and
+# train_loop's return). Shim (applied by the train_loop wrapper above): the train input dataset
+# gets ``autotune.enabled = False``; its AUTOTUNE parallelism then defaults to the number of
+# cores. Measured on 2 cores: 0.481 s/step without autotune, 0.473 s/step with it, no stall.
+# Drop when TensorFlow wakes the model thread on cancellation.
+
+
+def without_autotune_model_thread(inputs_module) -> None:
+    """Make ``inputs.train_input`` return its dataset with tf.data autotuning disabled."""
+    import tensorflow as tf
+
+    original = inputs_module.train_input
+    if getattr(original, "_without_autotune", False):
+        return
+
+    def train_input(*args, **kwargs):
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return original(*args, **kwargs).with_options(options)
+
+    train_input._without_autotune = True
+    inputs_module.train_input = train_input
