@@ -23,6 +23,9 @@ from pipeline.records import ObjectAnnotation
 SCALES = {"small": (0.06, 0.12), "medium": (0.14, 0.34), "large": (0.40, 0.60)}
 SCALE_WEIGHTS = (0.35, 0.45, 0.20)
 MAX_OVERLAP_IOU = 0.3
+MIN_CONTRAST = 120.0
+#: At most this fraction of an earlier object's box may be covered by a later object.
+MAX_COVERED = 0.25
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def draw_image(params: SampleParams, index: int) -> SampleImage:
     for _ in range(int(rng.integers(1, params.max_objects + 1))):
         placed = place_object(rng, params.classes, size, objects)
         if placed is not None:
-            draw_shape(ImageDraw.Draw(image), placed, random_color(rng))
+            draw_shape(ImageDraw.Draw(image), placed, contrasting_color(rng, image, placed))
             objects.append(placed)
     return SampleImage(image_name(index), image, tuple(objects))
 
@@ -125,6 +128,23 @@ def random_color(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, size=3))
 
 
+def contrasting_color(rng: np.random.Generator, image: Image.Image, box: ObjectAnnotation
+                      ) -> tuple[int, int, int]:
+    """A random colour at least MIN_CONTRAST (RGB distance) from the mean colour under ``box``.
+
+    Labelled objects must be visible: an object the colour of its background is noise in the
+    labels, not difficulty. Clutter stays unconstrained.
+    """
+    region = image.crop((box.xmin, box.ymin, box.xmax, box.ymax))
+    background = np.asarray(region, dtype=float).reshape(-1, 3).mean(axis=0)
+    color = random_color(rng)
+    for _ in range(20):
+        if np.linalg.norm(np.asarray(color) - background) >= MIN_CONTRAST:
+            break
+        color = random_color(rng)
+    return color
+
+
 def place_object(
     rng: np.random.Generator, classes: tuple[str, ...], size: int, existing: list
 ) -> ObjectAnnotation | None:
@@ -136,15 +156,25 @@ def place_object(
         w, h = side * rng.uniform(0.8, 1.25), side
         x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
         box = ObjectAnnotation(label, round(x0), round(y0), round(x0 + w), round(y0 + h))
-        if all(iou(box, other) <= MAX_OVERLAP_IOU for other in existing):
+        if all(acceptable_overlap(box, other) for other in existing):
             return box
     return None
 
 
-def iou(a: ObjectAnnotation, b: ObjectAnnotation) -> float:
+def acceptable_overlap(new: ObjectAnnotation, earlier: ObjectAnnotation) -> bool:
+    """Overlaps are wanted, hidden objects are not: ``new`` is drawn on top of ``earlier``."""
+    covered = intersection(new, earlier) / earlier.area if earlier.area else 1.0
+    return iou(new, earlier) <= MAX_OVERLAP_IOU and covered <= MAX_COVERED
+
+
+def intersection(a: ObjectAnnotation, b: ObjectAnnotation) -> float:
     ix = max(0.0, min(a.xmax, b.xmax) - max(a.xmin, b.xmin))
     iy = max(0.0, min(a.ymax, b.ymax) - max(a.ymin, b.ymin))
-    inter = ix * iy
+    return ix * iy
+
+
+def iou(a: ObjectAnnotation, b: ObjectAnnotation) -> float:
+    inter = intersection(a, b)
     union = a.area + b.area - inter
     return inter / union if union > 0 else 0.0
 

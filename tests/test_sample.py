@@ -105,3 +105,25 @@ def test_a_failed_run_leaves_the_previous_output_in_place(tmp_path, monkeypatch)
     with pytest.raises(OSError):
         sample.generate(SampleParams(num_images=12), root)
     assert digest(root) == before
+
+
+def test_no_labelled_object_is_hidden_under_later_ones(tmp_path):
+    """Objects are drawn in annotation order; a later one may cover at most 25% of an earlier box."""
+    sample.generate(SampleParams(num_images=60, image_size=128), tmp_path / "voc")
+    for xml_path in (tmp_path / "voc/Annotations").glob("*.xml"):
+        boxes = [sample.ObjectAnnotation(*o) for o in read_objects(xml_path)]
+        for i, earlier in enumerate(boxes):
+            for later in boxes[i + 1:]:
+                assert sample.intersection(earlier, later) <= 0.25 * earlier.area, xml_path.name
+
+
+def test_labelled_objects_contrast_with_their_background():
+    rng = sample.np.random.default_rng(0)
+    for shade in (0, 90, 128, 200, 255):
+        image = Image.new("RGB", (64, 64), (shade, shade // 2, 255 - shade))
+        box = sample.ObjectAnnotation("circle", 8, 8, 40, 40)
+        for _ in range(20):
+            color = sample.contrasting_color(rng, image, box)
+            distance = sample.np.linalg.norm(
+                sample.np.subtract(color, (shade, shade // 2, 255 - shade)))
+            assert distance >= sample.MIN_CONTRAST
