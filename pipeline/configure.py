@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline import compat
+from pipeline import compat, tracking
 from pipeline.errors import PipelineError
 from pipeline.params import CONFIGS_DIR, ModelParams, Params, TrainParams
 
@@ -32,6 +32,9 @@ def run(args: argparse.Namespace, params: Params) -> None:
     config = render(params.model, params.train, args.data)
     write_config(config, args.output)
     log.info("wrote %s (%s, %d classes)", args.output, params.model.name, num_classes(config))
+    with tracking.start_run(params.mlflow, "configure") as mlflow:
+        mlflow.log_params(tracking.flatten_params(params, ("model", "train")))
+        mlflow.log_artifact(str(args.output))
 
 
 def template_path(model_name: str) -> Path:

@@ -44,12 +44,26 @@ def _mlflow(settings: MlflowParams):
 def start_run(settings: MlflowParams, stage: str, run_id: str | None = None) -> Iterator[Any]:
     """Start a new run tagged with ``stage``, or continue ``run_id``; yields the mlflow module."""
     mlflow = _mlflow(settings)
+    if run_id and not _run_exists(mlflow, run_id):
+        log.warning("MLflow run %s is not in %s; recording stage %s in a new run",
+                    run_id, tracking_uri(settings), stage)
+        run_id = None
     name = None if run_id else stage
     with mlflow.start_run(run_id=run_id, run_name=name):
         mlflow.set_tag(f"pipeline.stage.{stage}", "done")
         if not run_id:
             mlflow.set_tag("pipeline.stage", stage)
         yield mlflow
+
+
+def _run_exists(mlflow, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def flatten_params(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:
