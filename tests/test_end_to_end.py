@@ -26,10 +26,10 @@ MINI_PARAMS = {
 def make_project(directory: Path, params: dict) -> Path:
     """A copy of the product (dvc.yaml, code, templates) with its own params and DVC repo."""
     directory.mkdir(parents=True)
-    for name in ("dvc.yaml", "pipeline", "configs"):
-        src = ROOT / name
-        copy = shutil.copytree if src.is_dir() else shutil.copy
-        copy(src, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", directory)
+    for name in ("pipeline", "configs"):
+        shutil.copytree(ROOT / name, directory / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     merged = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in params.items():
         merged[section].update(values)
