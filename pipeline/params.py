@@ -36,12 +36,12 @@ def available_models() -> tuple[str, ...]:
 class SampleParams:
     """The built-in synthetic dataset (stage ``sample``)."""
 
-    num_images: int = field(default=400, metadata=_rng(10, 100_000))
+    num_images: int = field(default=500, metadata=_rng(10, 100_000))
     image_size: int = field(default=256, metadata=_rng(64, 2048))
     classes: tuple[str, ...] = ("circle", "square", "triangle")
     max_objects: int = field(default=6, metadata=_rng(1, 100))
-    val_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
-    test_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
+    val_fraction: float = field(default=0.08, metadata=_rng(0.0, 0.5))
+    test_fraction: float = field(default=0.12, metadata=_rng(0.0, 0.5))
     seed: int = field(default=0, metadata=_rng(0))
 
     def check(self) -> None:
@@ -107,10 +107,10 @@ class TrainParams:
     """Optimisation settings written into pipeline.config and the training loop."""
 
     batch_size: int = field(default=16, metadata=_rng(1, 4096))
-    num_steps: int = field(default=1000, metadata=_rng(1, 10_000_000))
+    num_steps: int = field(default=600, metadata=_rng(1, 10_000_000))
     learning_rate: float = field(default=0.08, metadata=_rng(1e-7, 10.0))
-    warmup_steps: int = field(default=100, metadata=_rng(0, 10_000_000))
-    checkpoint_every_n: int = field(default=500, metadata=_rng(1, 10_000_000))
+    warmup_steps: int = field(default=60, metadata=_rng(0, 10_000_000))
+    checkpoint_every_n: int = field(default=200, metadata=_rng(1, 10_000_000))
     max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
 
     def check(self) -> None:

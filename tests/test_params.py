@@ -57,3 +57,8 @@ def test_params_objects_are_frozen():
     params = Params()
     with pytest.raises(AttributeError):
         params.train.batch_size = 3
+
+
+def test_dataclass_defaults_match_the_shipped_params_file():
+    """Params() documents the same defaults as params.yaml (except paths a user edits)."""
+    assert load_params(ROOT / "params.yaml") == Params()
