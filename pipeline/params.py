@@ -107,11 +107,12 @@ class TrainParams:
     """Optimisation settings written into pipeline.config and the training loop."""
 
     batch_size: int = field(default=16, metadata=_rng(1, 4096))
-    num_steps: int = field(default=600, metadata=_rng(1, 10_000_000))
+    num_steps: int = field(default=800, metadata=_rng(1, 10_000_000))
     learning_rate: float = field(default=0.08, metadata=_rng(1e-7, 10.0))
-    warmup_steps: int = field(default=60, metadata=_rng(0, 10_000_000))
+    warmup_steps: int = field(default=80, metadata=_rng(0, 10_000_000))
     checkpoint_every_n: int = field(default=200, metadata=_rng(1, 10_000_000))
     max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
+    seed: int = field(default=0, metadata=_rng(0, 2**31 - 1))
 
     def check(self) -> None:
         if self.warmup_steps >= self.num_steps:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
         mlflow.log_params(tracking.flatten_params(params, PARAM_SECTIONS))
         tracking.log_existing_artifacts(mlflow, [args.config, *data_artifacts(args.data)])
         train_with_model_main(args.config, args.model_dir, params.train.num_steps,
-                              params.train.checkpoint_every_n)
+                              params.train.checkpoint_every_n, params.train.seed)
         curves = read_scalars(args.model_dir / "train")
         write_curves(curves, args.curves)
         for tag, points in curves.items():
@@ -52,12 +52,17 @@ def data_artifacts(data_dir: Path) -> list[Path]:
     return [data_dir / name for name in ("label_map.pbtxt", "data_report.json", "data_report.md")]
 
 
-def train_with_model_main(config: Path, model_dir: Path, num_steps: int, every_n: int) -> None:
+def train_with_model_main(config: Path, model_dir: Path, num_steps: int, every_n: int,
+                          seed: int = 0) -> None:
     """Run ``model_main_tf2.main`` with its flags; the final step is always checkpointed."""
     compat.apply()
     compat.save_final_checkpoint_after_train_loop()
+    import tensorflow as tf
     from absl import flags
     from object_detection import model_main_tf2
+
+    # Seeds Python, NumPy and TF: weight init and shuffling repeat (threads may still reorder).
+    tf.keras.utils.set_random_seed(seed)
 
     argv = [
         "model_main_tf2",
