@@ -82,10 +82,11 @@ def log_numbers(mlflow, metrics: dict[str, Any], prefix: str = "") -> None:
         if isinstance(value, dict):
             log_numbers(mlflow, value, prefix=f"{name}.")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            mlflow.log_metric(_metric_name(name), float(value))
+            mlflow.log_metric(metric_name(name), float(value))
 
 
-def _metric_name(name: str) -> str:
+def metric_name(name: str) -> str:
+    """``name`` with the characters MLflow refuses in metric names replaced by ``_``."""
     # MLflow allows letters, digits, _ - . / and spaces only.
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 

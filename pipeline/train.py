@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
         write_curves(curves, args.curves)
         for tag, points in curves.items():
             for step, value in points:
-                mlflow.log_metric(tracking._metric_name(f"train/{tag}"), value, step=step)
+                mlflow.log_metric(tracking.metric_name(f"train/{tag}"), value, step=step)
 
 
 def data_artifacts(data_dir: Path) -> list[Path]:

@@ -9,7 +9,8 @@ from PIL import Image
 from pipeline import sample
 from pipeline.params import SampleParams
 
-SMALL = SampleParams(num_images=30, image_size=128, classes=("circle", "star", "cross"), seed=3)
+SMALL = SampleParams(num_images=30, image_size=128, classes=("circle", "star", "cross"),
+                     val_fraction=0.1, test_fraction=0.1, seed=3)
 
 
 @pytest.fixture(scope="module")
