@@ -55,10 +55,11 @@ def read_label_map(path: Path) -> dict[str, int]:
 
 
 def _proto_module():
-    # compat.apply() must run before any object_detection import (protobuf descriptor shim).
+    # The protobuf descriptor shim must be installed before any object_detection import; only
+    # that one (not compat.apply(), which imports TensorFlow: seconds the driver does not need).
     from pipeline import compat
 
-    compat.apply()
+    compat.install_proto_descriptor_loader()
     from object_detection.protos import string_int_label_map_pb2
 
     return string_int_label_map_pb2

@@ -62,12 +62,16 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 
 @dataclass(frozen=True)
 class DataParams:
-    """Where the dataset to convert lives and in which format."""
+    """Where the dataset to convert lives, in which format, and the conversion policies."""
 
     format: Literal["voc", "coco"] = "voc"
     root: str = "data/sample"
     coco_annotation_file: str = "_annotations.coco.json"
     classes: tuple[str, ...] = ()
+    unknown_classes: Literal["skip", "error"] = "skip"
+    size_mismatch: Literal["skip", "rescale"] = "skip"
+    val_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
+    test_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
 
     def check(self) -> None:
         if not self.root.strip():

@@ -7,6 +7,8 @@ these divided by the image width and height.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 
 SPLITS = ("train", "val", "test")
@@ -32,7 +34,15 @@ class ObjectAnnotation:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image and its objects; ``image_path`` is absolute, ``image_id`` unique per dataset."""
+    """One image and its objects; ``image_id`` is unique per dataset.
+
+    ``image_path`` is the image file as the annotation names it, joined to its folder but not
+    normalised; ``root`` is the folder it must stay inside (``""``: no check). The convert stage
+    refuses paths that leave ``root`` (``..``, absolute paths) instead of following them.
+    ``width`` and ``height`` are the declared size (0 = not declared). ``problem`` is set by a
+    reader that could not use the annotation (``"reason: detail"``): the image is then skipped
+    and reported with that reason.
+    """
 
     image_id: str
     image_path: str
@@ -40,3 +50,28 @@ class ImageRecord:
     height: int
     split: str
     objects: tuple[ObjectAnnotation, ...] = ()
+    root: str = ""
+    problem: str = ""
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether ``path`` stays inside ``root`` once ``..`` are resolved (symlinks are not followed:
+    a dataset checked out by DVC may legitimately link to its cache)."""
+    if not root:
+        return True
+    root = os.path.normpath(os.path.abspath(root))
+    return os.path.normpath(os.path.abspath(path)).startswith(root + os.sep)
+
+
+
+def hash_split(image_id: str, val_fraction: float, test_fraction: float) -> str:
+    """The split of ``image_id`` when the dataset has no split lists.
+
+    A hash of the id alone decides, so the same image always lands in the same split and adding
+    images never moves the others (unlike shuffling with a seed).
+    """
+    digest = hashlib.sha256(image_id.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    if position < test_fraction:
+        return "test"
+    return "val" if position < test_fraction + val_fraction else "train"
