@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.coco import read_coco
 from pipeline.errors import PipelineError
-from pipeline.records import ObjectAnnotation
+from pipeline.records import ObjectAnnotation, hash_split, is_inside
 
 ANNOTATIONS = "_annotations.coco.json"
 
@@ -87,3 +87,50 @@ def test_missing_annotation_file_names_the_setting(coco: Path) -> None:
 def test_not_a_coco_root(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="not a COCO dataset root"):
         read_coco(tmp_path, ANNOTATIONS)
+
+
+def test_one_file_split_by_hash(tmp_path: Path) -> None:
+    """--annotations FILE: one COCO file for the whole dataset, split by a hash of file_name."""
+    images = [image(i, f"img{i}.jpg") for i in range(40)]
+    path = tmp_path / "all.json"
+    path.write_text(json.dumps(coco_json(images, [ann(0, 3, 3, [1, 1, 5, 5])])))
+    records = read_coco(tmp_path / "unused", annotations=path, images=tmp_path / "pics",
+                        val_fraction=0.25, test_fraction=0.25)
+    assert len(records) == 40 and {r.split for r in records} == {"train", "val", "test"}
+    assert all(r.split == hash_split(r.image_id, 0.25, 0.25) for r in records)
+    assert records[0].image_path == str(tmp_path.resolve() / "pics" / "img0.jpg")
+    assert records[3].objects == (ObjectAnnotation("cat", 1.0, 1.0, 6.0, 6.0),)
+
+
+def test_single_json_in_root_is_found(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "export.json").write_text(json.dumps(coco_json([image(1, "a.jpg")], [])))
+    (record,) = read_coco(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    assert (record.split, record.image_path) == ("train", str(tmp_path.resolve() / "images/a.jpg"))
+
+
+def test_large_ids_and_numbers_as_strings(tmp_path: Path) -> None:
+    """Ids above 2^32 (as numbers or strings), sizes, boxes and iscrowd as strings."""
+    big = 2**40 + 7
+    data = coco_json(
+        [{"id": big, "file_name": "a.jpg", "width": "100", "height": "80.0"}],
+        [{"id": 2**33, "image_id": str(big), "category_id": "7", "bbox": ["1.5", "2", "3", "4"],
+          "iscrowd": "0"},
+         {"id": 2**33 + 1, "image_id": big, "category_id": 3, "bbox": [0, 0, 1, 1],
+          "iscrowd": "1"}])
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / ANNOTATIONS).write_text(json.dumps(data))
+    (record,) = read_coco(tmp_path, ANNOTATIONS)
+    assert (record.width, record.height) == (100, 80)
+    assert record.objects == (ObjectAnnotation("dog", 1.5, 2.0, 4.5, 6.0, is_crowd=False),
+                              ObjectAnnotation("cat", 0.0, 0.0, 1.0, 1.0, is_crowd=True))
+
+
+def test_file_name_leaving_the_folder_is_kept_for_refusal(coco: Path) -> None:
+    path = coco / "train" / ANNOTATIONS
+    data = json.loads(path.read_text())
+    data["images"][0]["file_name"] = "../../etc/passwd"
+    data["images"][1]["file_name"] = "/etc/passwd"
+    path.write_text(json.dumps(data))
+    hostile = [r for r in read_coco(coco, ANNOTATIONS) if r.split == "train"]
+    assert not any(is_inside(r.image_path, r.root) for r in hostile)

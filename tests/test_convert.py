@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,13 +21,13 @@ from PIL import Image
 
 from pipeline.coco import read_coco
 from pipeline.convert import (
-    Issue, build_pipeline, clean_objects, convert_dataset, make_runner, pipeline_options,
-    prepare_image,
+    Issue, SplitSummaryFn, box_size_bin, build_pipeline, clean_objects, convert_dataset,
+    duplicate_issues, make_runner, pipeline_options, prepare_image,
 )
 from pipeline.errors import PipelineError
 from pipeline.labelmap import build_label_map, label_map_text, read_label_map, write_label_map
 from pipeline.params import ConvertParams, DataParams, SampleParams
-from pipeline.records import ImageRecord, ObjectAnnotation
+from pipeline.records import ImageRecord, ObjectAnnotation, hash_split
 from pipeline.sample import generate
 from pipeline.tfexample import build_example
 from pipeline.voc import read_voc
@@ -136,6 +137,17 @@ def test_build_example_features() -> None:
     assert f["image/object/area"].float_list.value == [1600.0, 8000.0]
 
 
+def test_examples_are_tensorflows_bytes() -> None:
+    """Our TF-free Example classes serialize exactly as tf.train.Example does."""
+    import tensorflow as tf
+
+    record = ImageRecord("i", "/x/i.jpg", 10, 8, "train", (ObjectAnnotation("cat", 1, 2, 3, 4),))
+    ours = build_example(record, b"JPEG", {"cat": 1})
+    theirs = tf.train.Example.FromString(ours.SerializeToString())
+    assert theirs.SerializeToString(deterministic=True) == ours.SerializeToString(deterministic=True)
+    assert theirs.features.feature["image/object/class/text"].bytes_list.value == [b"cat"]
+
+
 # --- per-image fixes ----------------------------------------------------------------------------
 
 
@@ -147,14 +159,14 @@ def save(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30), fmt: s
 def test_rgb_jpeg_bytes_are_kept(tmp_path: Path) -> None:
     record = ImageRecord("a", save(tmp_path / "a.jpg"), 40, 30, "train")
     issues: list[Issue] = []
-    clean, jpeg = prepare_image(record, {}, issues)
+    clean, jpeg, _ = prepare_image(record, {}, issues)
     assert jpeg == (tmp_path / "a.jpg").read_bytes() and issues == [] and clean == record
 
 
 def test_grayscale_png_becomes_rgb_jpeg(tmp_path: Path) -> None:
     record = ImageRecord("g", save(tmp_path / "g.png", "L", fmt="PNG"), 40, 30, "val")
     issues: list[Issue] = []
-    _, jpeg = prepare_image(record, {}, issues)
+    _, jpeg, _ = prepare_image(record, {}, issues)
     image = Image.open(io.BytesIO(jpeg))
     assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (40, 30))
     assert [(i.reason, i.action) for i in issues] == [
@@ -164,7 +176,7 @@ def test_grayscale_png_becomes_rgb_jpeg(tmp_path: Path) -> None:
 def test_size_checks(tmp_path: Path) -> None:
     path = save(tmp_path / "a.jpg")
     issues: list[Issue] = []
-    clean, _ = prepare_image(ImageRecord("a", path, 0, 0, "train"), {}, issues)
+    clean, _, _ = prepare_image(ImageRecord("a", path, 0, 0, "train"), {}, issues)
     assert (clean.width, clean.height) == (40, 30) and issues[0].reason == "size_missing"
     assert prepare_image(ImageRecord("a", path, 30, 40, "train"), {}, issues) is None
     assert (issues[-1].reason, issues[-1].action) == ("size_mismatch", "skipped")
@@ -196,38 +208,176 @@ def test_boxes_clipped_empty_dropped_unknown_dropped() -> None:
         ("unknown_label", "dropped_box")]
 
 
+# --- hygiene: one tiny fixture per case, exact outcome --------------------------------------------
+
+
+def outcome(record: ImageRecord, **kw) -> tuple:
+    """(prepared or None, [(reason, action)]) of one image."""
+    issues: list[Issue] = []
+    prepared = prepare_image(record, {"cat": 1}, issues, **kw)
+    return prepared, [(i.reason, i.action) for i in issues]
+
+
+def exif_jpeg(path: Path, orientation: int, size: tuple[int, int] = (40, 30)) -> str:
+    """A JPEG whose left half is red, right half blue, with an EXIF orientation tag."""
+    image = Image.new("RGB", size, (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, format="JPEG", exif=exif.tobytes(), quality=95)
+    return str(path)
+
+
+def test_exif_rotation_applied_when_the_declared_size_is_the_rotated_one(tmp_path: Path) -> None:
+    path = exif_jpeg(tmp_path / "r.jpg", 6)  # stored 40x30, shown rotated 90 degrees: 30x40
+    box = ObjectAnnotation("cat", 0, 0, 30, 20)  # the top half of the image as shown
+    prepared, issues = outcome(ImageRecord("r", path, 30, 40, "train", (box,)))
+    assert issues == [("exif_rotated", "fixed")]
+    stored = Image.open(io.BytesIO(prepared.jpeg))
+    assert stored.size == (30, 40) and (prepared.record.width, prepared.record.height) == (30, 40)
+    assert stored.getpixel((15, 5))[0] > 200  # shown top = stored left half = red
+    assert prepared.record.objects == (box,)
+
+
+def test_exif_rotation_ignored_when_the_declared_size_is_the_stored_one(tmp_path: Path) -> None:
+    path = exif_jpeg(tmp_path / "s.jpg", 6)
+    prepared, issues = outcome(ImageRecord("s", path, 40, 30, "train"))
+    assert issues == [("exif_orientation_ignored", "fixed")]
+    assert prepared.jpeg == Path(path).read_bytes()  # TensorFlow ignores EXIF: pixels as stored
+
+
+def test_exif_flip_applied_when_size_cannot_tell(tmp_path: Path) -> None:
+    path = exif_jpeg(tmp_path / "f.jpg", 2)  # mirrored: same size either way
+    prepared, issues = outcome(ImageRecord("f", path, 40, 30, "train"))
+    assert issues == [("exif_rotated", "fixed")]
+    assert Image.open(io.BytesIO(prepared.jpeg)).getpixel((5, 15))[2] > 200  # blue now left
+
+
+@pytest.mark.parametrize("mode,fmt,reasons", [
+    ("CMYK", "JPEG", ["converted_to_rgb"]),
+    ("L", "JPEG", ["converted_to_rgb"]),
+    ("P", "PNG", ["converted_to_rgb", "reencoded_as_jpeg"]),
+    ("RGBA", "PNG", ["converted_to_rgb", "reencoded_as_jpeg"]),
+    ("RGB", "PNG", ["reencoded_as_jpeg"]),
+    ("RGB", "BMP", ["reencoded_as_jpeg"]),
+    ("P", "GIF", ["converted_to_rgb", "reencoded_as_jpeg"]),
+])
+def test_colour_modes_and_formats_become_rgb_jpeg(tmp_path: Path, mode, fmt, reasons) -> None:
+    path = save(tmp_path / f"x.{fmt.lower()}", mode, fmt=fmt)
+    prepared, issues = outcome(ImageRecord("x", path, 40, 30, "train"))
+    image = Image.open(io.BytesIO(prepared.jpeg))
+    assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (40, 30))
+    assert issues == [(reason, "fixed") for reason in reasons]
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    levels = np.tile(np.array([0, 32768, 65535], dtype=np.uint16), (30, 14))[:, :40]
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    prepared, issues = outcome(ImageRecord("d", str(tmp_path / "deep.png"), 40, 30, "train"))
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    assert issues == [("converted_to_rgb", "fixed"), ("reencoded_as_jpeg", "fixed")]
+    rgb = np.asarray(Image.open(io.BytesIO(prepared.jpeg)))
+    assert abs(int(rgb[5, 0, 0]) - 0) <= 3 and abs(int(rgb[5, 1, 0]) - 128) <= 3
+    assert abs(int(rgb[5, 2, 0]) - 255) <= 3  # Pillow's own convert would clip 32768 to 255
+
+
+def test_size_mismatch_rescale_policy(tmp_path: Path) -> None:
+    box = ObjectAnnotation("cat", 10, 10, 20, 30)
+    record = ImageRecord("a", save(tmp_path / "a.jpg", size=(40, 30)), 80, 60, "train", (box,))
+    assert outcome(record) == (None, [("size_mismatch", "skipped")])
+    prepared, issues = outcome(record, size_mismatch="rescale")
+    assert issues == [("size_mismatch", "fixed")]
+    assert prepared.record.objects == (ObjectAnnotation("cat", 5, 5, 10, 15),)
+
+
+def test_path_leaving_the_dataset_is_refused(tmp_path: Path) -> None:
+    outside = save(tmp_path / "outside.jpg")
+    (tmp_path / "data").mkdir()
+    for path in (str(tmp_path / "data" / ".." / "outside.jpg"), outside):
+        record = ImageRecord("x", path, 40, 30, "train", root=str(tmp_path / "data"))
+        assert outcome(record) == (None, [("unsafe_path", "skipped")])
+
+
+def test_reader_problem_skips_the_image(tmp_path: Path) -> None:
+    record = ImageRecord("x", save(tmp_path / "x.jpg"), 40, 30, "val",
+                         problem="unsafe_annotation: x.xml: declares a DTD")
+    issues: list[Issue] = []
+    assert prepare_image(record, {}, issues) is None
+    assert issues == [Issue("x.jpg", "val", "unsafe_annotation", "skipped", "x.xml: declares a DTD")]
+
+
+def test_unknown_classes_error_policy(tmp_path: Path) -> None:
+    root = tmp_path / "voc"
+    generate(SampleParams(num_images=10), root)
+    data = DataParams(root=str(root), classes=("circle",), unknown_classes="error")
+    with pytest.raises(PipelineError, match="labels not in data.classes: 'square'"):
+        convert_dataset(data, ConvertParams(), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_summary_histograms() -> None:
+    fn = SplitSummaryFn()
+    acc = fn.add_input(fn.create_accumulator(), (["a", "b", "a"], [4.0, 40.0, 600.0]))
+    acc = fn.merge_accumulators([acc, fn.add_input(fn.create_accumulator(), ([], []))])
+    assert acc == {"images": 2, "objects": 3, "max_objects_per_image": 3,
+                   "objects_per_class": {"a": 2, "b": 1}, "objects_per_image": {"3": 1, "0": 1},
+                   "box_sizes": {"0-8": 1, "32-64": 1, ">=512": 1}}
+    assert [box_size_bin(s) for s in (0, 8, 95.9, 96)] == ["0-8", "8-16", "64-96", "96-128"]
+
+
 # --- Beam graph ---------------------------------------------------------------------------------
 
 
 def test_build_pipeline_on_test_pipeline(tmp_path: Path) -> None:
     box = ObjectAnnotation("cat", 10, 10, 50, 20)  # sticks out of the 40 px wide image
     (tmp_path / "corrupt.jpg").write_bytes(b"garbage")
+    same = save(tmp_path / "same.jpg", size=(32, 32))
     records = [
         ImageRecord("a", save(tmp_path / "a.jpg"), 40, 30, "train", (box,)),
         ImageRecord("g", save(tmp_path / "g.png", "L", fmt="PNG"), 40, 30, "val"),
         ImageRecord("c", str(tmp_path / "corrupt.jpg"), 40, 30, "train"),
+        ImageRecord("s1", same, 32, 32, "train"),
+        ImageRecord("s2", same, 32, 32, "test"),  # the same content in train and test
     ]
     out = tmp_path / "out"
     with test_pipeline.TestPipeline(runner=make_runner(PipelineOptions())) as p:
         result = build_pipeline(p, records, out, {"cat": 1}, {"train": 2, "val": 1, "test": 1})
-        issues = result.issues | beam.Map(lambda i: (i.file, i.split, i.reason, i.action))
+        issues = result.issues | beam.Map(lambda i: (i["file"], i["split"], i["reason"],
+                                                     i["action"]))
         assert_that(issues, equal_to([
             ("a.jpg", "train", "box_clipped", "fixed"),
             ("g.png", "val", "converted_to_rgb", "fixed"),
             ("g.png", "val", "reencoded_as_jpeg", "fixed"),
-            ("corrupt.jpg", "train", "corrupt_image", "skipped")]), label="CheckIssues")
-        assert_that(result.examples | beam.Keys(), equal_to(["train", "val"]), label="CheckSplits")
-        assert_that(result.summaries, equal_to([
-            ("train", {"images": 1, "objects": 1, "objects_per_class": {"cat": 1},
-                       "max_objects_per_image": 1}),
-            ("val", {"images": 1, "objects": 0, "objects_per_class": {},
-                     "max_objects_per_image": 0})]), label="CheckSummaries")
+            ("corrupt.jpg", "train", "corrupt_image", "skipped"),
+            ("same.jpg", "train", "leakage", "suspicious"),
+            ("same.jpg", "test", "leakage", "suspicious")]), label="CheckIssues")
+        assert_that(result.shards, equal_to([  # dealt round-robin: a, s1 | c (corrupt)
+            ("train", "train.tfrecord-00000-of-00002", 2),
+            ("train", "train.tfrecord-00001-of-00002", 0),
+            ("val", "val.tfrecord-00000-of-00001", 1),
+            ("test", "test.tfrecord-00000-of-00001", 1)]), label="CheckShards")
+        summaries = result.summaries | beam.Map(
+            lambda kv: (kv[0], kv[1]["images"], kv[1]["objects_per_class"],
+                        kv[1]["objects_per_image"], sum(kv[1]["box_sizes"].values())))
+        assert_that(summaries, equal_to([
+            ("train", 2, {"cat": 1}, {"0": 1, "1": 1}, 1),
+            ("val", 1, {}, {"0": 1}, 0),
+            ("test", 1, {}, {"0": 1}, 0)]), label="CheckSummaries")
     names = sorted(f.name for f in out.glob("*.tfrecord-*"))
     assert names == ["test.tfrecord-00000-of-00001", "train.tfrecord-00000-of-00002",
                      "train.tfrecord-00001-of-00002", "val.tfrecord-00000-of-00001"]
     decoded = decode_records(sorted(out.glob("*.tfrecord-*")))
     np.testing.assert_allclose(decoded["a"]["boxes"], [[10 / 30, 0.25, 20 / 30, 1.0]], atol=1e-6)
     assert decoded["g"]["shape"] == (30, 40, 3)
+    assert sorted(decoded) == ["a", "g", "s1", "s2"]
+
+
+def test_duplicates_within_a_split_name_all_but_the_first() -> None:
+    got = list(duplicate_issues([("train", "b.jpg"), ("train", "a.jpg"), ("train", "c.jpg")]))
+    assert [(i["file"], i["reason"], i["action"]) for i in got] == [
+        ("b.jpg", "duplicate_image", "suspicious"), ("c.jpg", "duplicate_image", "suspicious")]
+    assert got[0]["detail"] == "same content as a.jpg (train), c.jpg (train)"
+    assert list(duplicate_issues([("val", "x.jpg")])) == []
 
 
 def test_direct_runner_options() -> None:
@@ -253,8 +403,14 @@ def test_convert_sample_end_to_end(sample: Path, tmp_path: Path) -> None:
     out = tmp_path / "tfrecords"
     report = convert_dataset(DataParams(root=str(sample)), ConvertParams(), out)
     assert sorted(f.name for f in out.iterdir()) == [
-        "data_report.json", "data_report.md", "label_map.pbtxt", "test.tfrecord-00000-of-00001",
-        "train.tfrecord-00000-of-00001", "val.tfrecord-00000-of-00001"]
+        "data_report.json", "data_report.md", "label_map.pbtxt", "plots",
+        "test.tfrecord-00000-of-00001", "train.tfrecord-00000-of-00001",
+        "val.tfrecord-00000-of-00001"]
+    assert sorted(f.name for f in (out / "plots").iterdir()) == [
+        "box_sizes.png", "class_histogram.png", "objects_per_image.png"]
+    assert report["plots"] == ["plots/class_histogram.png", "plots/box_sizes.png",
+                               "plots/objects_per_image.png"]
+    assert "![plots/box_sizes.png](plots/box_sizes.png)" in (out / "data_report.md").read_text()
     assert not out.with_name("tfrecords.partial").exists()
     label_map = read_label_map(out / "label_map.pbtxt")
     assert label_map == {"circle": 1, "square": 2, "triangle": 3}
@@ -312,3 +468,44 @@ def test_convert_rbc_coco(tmp_path: Path) -> None:
     assert [report["splits"][s]["images"] for s in ("train", "val", "test")] == [210, 20, 10]
     records = read_coco(root, data.coco_annotation_file)
     assert_decoded_match(records, tmp_path, read_label_map(tmp_path / "label_map.pbtxt"))
+
+
+def test_cli_flat_voc_folders_split_by_hash(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``python -m pipeline convert --format voc --images DIR --annotations DIR --output DIR``."""
+    from pipeline.cli import main
+
+    images, xmls = tmp_path / "pics", tmp_path / "labels"
+    for folder in (images, xmls):
+        folder.mkdir()
+    for index in range(12):
+        save(images / f"p{index}.jpg")
+        (xmls / f"p{index}.xml").write_text(
+            f"<annotation><filename>p{index}.jpg</filename><size><width>40</width>"
+            "<height>30</height></size><object><name>cat</name><bndbox><xmin>1</xmin>"
+            "<ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  val_fraction: 0.25\n  test_fraction: 0.25\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = tmp_path / "out"
+    assert main(["convert", "--params", str(params), "--format", "voc", "--images", str(images),
+                 "--annotations", str(xmls), "--output", str(out)]) == 0
+    report = json.loads((out / "data_report.json").read_text())
+    expected = Counter(hash_split(f"p{i}", 0.25, 0.25) for i in range(12))
+    assert {s: report["splits"][s]["images"] for s in ("train", "val", "test")} == {
+        s: expected[s] for s in ("train", "val", "test")}
+    assert set(decode_records(sorted(out.glob("*.tfrecord-*")))) == {f"p{i}" for i in range(12)}
+
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--images" in help_text and "--annotations" in help_text and "--input" in help_text
+
+
+def test_cli_bad_dataset_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+    assert main(["convert", "--params", str(params), "--input", str(tmp_path / "nope"),
+                 "--output", str(tmp_path / "out")]) == 1
+    assert "error: convert: dataset root" in capsys.readouterr().err
