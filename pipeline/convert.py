@@ -149,7 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, params: Params) -> None:
     """Convert the dataset named by params (and the CLI overrides) and log a summary."""
-    root = args.input or (args.images if args.images else None) or params.data.root
+    # Beam logs every string type hint it meets at INFO (our annotations are strings).
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    root = args.input or args.images or params.data.root
     data = replace(params.data, format=args.format or params.data.format, root=root)
     start = time.perf_counter()
     report = convert_dataset(data, params.convert, Path(args.output),

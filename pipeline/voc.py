@@ -25,8 +25,11 @@ box) does not stop the conversion: its image is skipped and reported with the re
 """
 from __future__ import annotations
 
+import math
+import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,8 @@ from pipeline.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
 #: Extensions tried, in order, when ``<filename>`` does not name an existing file.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG", ".bmp", ".gif", ".tif",
                     ".tiff", ".webp")
+#: Parse on several processes from this many XML files per process.
+PARALLEL_PARSE_MIN_FILES = 2000
 #: Folder names of the flat "images + annotations" layout, tried in this order.
 FLAT_FOLDERS = (("images", "annotations"), ("Images", "Annotations"), ("JPEGImages", "xml"))
 
@@ -71,11 +76,33 @@ def read_voc(
     """
     layout = find_layout(Path(root), images, annotations)
     if layout.split_lists is not None:
-        return [read_annotation(layout, image_id, split)
-                for split in splits for image_id in split_ids(layout.split_lists, split)]
-    records = [read_annotation(layout, image_id, hash_split(image_id, val_fraction, test_fraction))
-               for image_id in annotation_ids(layout)]
-    return [record for record in records if record.split in splits]
+        listed = [(i, split) for split in splits for i in split_ids(layout.split_lists, split)]
+    else:
+        listed = [(i, hash_split(i, val_fraction, test_fraction)) for i in annotation_ids(layout)]
+        listed = [(i, split) for i, split in listed if split in splits]
+    return read_annotations(layout, listed)
+
+
+def read_annotations(layout: VocLayout, listed: Sequence[tuple[str, str]]) -> list[ImageRecord]:
+    """Records of ``(image_id, split)`` in order; large datasets are parsed on every core.
+
+    Parsing is ~0.25 ms per BCCD XML: 5 s for 20,000 images on one core, while the Beam
+    workers wait for the driver. Worker processes halve that on 2 cores.
+    """
+    workers = min(os.cpu_count() or 1, len(listed) // PARALLEL_PARSE_MIN_FILES)
+    if workers < 2:
+        return _read_chunk(layout, listed)
+    size = math.ceil(len(listed) / (4 * workers))
+    chunks = [listed[start:start + size] for start in range(0, len(listed), size)]
+    # spawn, not fork: the driver may hold threads; the children only import this light module.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        parts = pool.map(_read_chunk, [layout] * len(chunks), chunks)
+        return [record for part in parts for record in part]
+
+
+def _read_chunk(layout: VocLayout, listed: Sequence[tuple[str, str]]) -> list[ImageRecord]:
+    return [read_annotation(layout, image_id, split) for image_id, split in listed]
 
 
 def find_layout(root: Path, images=None, annotations=None) -> VocLayout:
