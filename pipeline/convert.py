@@ -14,11 +14,12 @@ Everything is written to ``<output>.partial`` first and renamed to ``<output>`` 
 run and the report are complete, so an interrupted run never leaves output that looks done.
 
 ``data_report.json``: ``format``, ``root``, ``classes`` ([{id, name}]), ``images``, ``objects``,
-``max_objects_per_image``, ``issue_counts`` ({reason: n}), ``warnings`` ([str]), ``plots``
-([file]) and ``splits``: {split: {images_listed, images (written), objects, objects_per_class,
-max_objects_per_image, objects_per_image ({n: images}), box_sizes ({bin: boxes}), shards,
-issue_counts, issues: [{file, split, reason, action, detail}]}}. Reasons and actions are listed
-in :data:`REASONS`.
+``max_objects_per_image``, ``issue_counts`` ({reason: n}), ``counters`` (the Beam counters:
+the same counts as the runner saw them, plus ``images_written``, ``shards_written``),
+``warnings`` ([str]), ``plots`` ([file]) and ``splits``: {split: {images_listed, images
+(written), objects, objects_per_class, max_objects_per_image, objects_per_image ({n: images}),
+box_sizes ({bin: boxes}), shards, issue_counts, issues: [{file, split, reason, action,
+detail}]}}. Reasons and actions are listed in :data:`REASONS`.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner
 from PIL import Image, ImageOps
@@ -300,10 +302,13 @@ def _convert_into(
 ) -> dict:
     log.info("converting %d images (shards: %s) to %s", len(records), dict(shards), partial)
     options = pipeline_options(convert, len(records))
-    with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:
-        build_pipeline(pipeline, records, partial, label_map, shards, data.size_mismatch)
+    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    build_pipeline(pipeline, records, partial, label_map, shards, data.size_mismatch)
+    result = pipeline.run()
+    result.wait_until_finish()
     issues, summaries = read_side_outputs(partial / WORK_DIR)
     report = build_report(data, label_map, records, summaries, issues, shards)
+    report["counters"] = beam_counters(result)
     _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
     shutil.rmtree(partial / WORK_DIR)
     write_label_map(label_map, partial / LABEL_MAP_FILE)
@@ -311,6 +316,16 @@ def _convert_into(
     (partial / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (partial / REPORT_MD).write_text(report_markdown(report))
     return report
+
+
+def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The pipeline's ``convert`` counters ({name: committed value}): every fix and skip by
+    reason, ``images_written`` and ``shards_written``, as the runner (any runner) counted them."""
+    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    totals: Counter[str] = Counter()
+    for counter in query["counters"]:
+        totals[counter.key.metric.name] += counter.committed or 0
+    return dict(sorted(totals.items()))
 
 
 def _require_train(num_images: int, problem: str) -> None:

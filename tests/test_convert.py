@@ -420,6 +420,7 @@ def test_convert_sample_end_to_end(sample: Path, tmp_path: Path) -> None:
     assert report["images"] == 20 and report["objects"] == sum(len(r.objects) for r in records)
     assert report["max_objects_per_image"] == max(len(r.objects) for r in records)
     assert report["splits"]["train"]["images"] == sum(r.split == "train" for r in records)
+    assert report["counters"] == {"images_written": 20, "shards_written": 3}
     assert "| train |" in (out / "data_report.md").read_text()
 
 
@@ -428,6 +429,7 @@ def test_convert_with_fixed_classes_and_shards(sample: Path, tmp_path: Path) -> 
     report = convert_dataset(data, ConvertParams(num_shards=2), tmp_path / "out")
     triangles = sum(o.label == "triangle" for r in read_voc(sample) for o in r.objects)
     assert report["issue_counts"] == {"unknown_label": triangles}
+    assert report["counters"]["unknown_label"] == triangles  # Beam's counters agree
     assert report["classes"] == [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}]
     assert len(list((tmp_path / "out").glob("val.tfrecord-*-of-00002"))) == 2
 
