@@ -71,10 +71,12 @@ WORK_DIR = "_beam"
 IMAGES_PER_SHARD = 1000
 #: A worker logs its progress every this many images of a shard.
 PROGRESS_EVERY = 250
-#: DirectRunner 'multi_processing' starts one Python per worker (each imports Beam and
-#: TensorFlow: a few seconds of fixed cost on 2 cores). Below this many images one in-process
-#: worker is faster; ``pipeline_args`` (e.g. ``--direct_running_mode=...``) can force a mode.
-MULTIPROCESSING_MIN_IMAGES = 3000
+#: DirectRunner 'multi_processing' starts one Python per worker (each imports Beam and this
+#: package: seconds of fixed cost). Measured on the 2-core machine (shared, so noisy), BCCD
+#: replicated: 4,000 images 23.5 s in-process vs 28.2 s with 2 worker processes; 20,000 images
+#: 103 s vs 78 s. So one in-process worker below this many images; ``pipeline_args`` (e.g.
+#: ``--direct_running_mode=...``) can always force a mode.
+MULTIPROCESSING_MIN_IMAGES = 10_000
 METRICS_NAMESPACE = "convert"
 ISSUES_TAG = "issues"
 STATS_TAG = "stats"
