@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -328,7 +329,7 @@ def test_summary_histograms() -> None:
 # --- Beam graph ---------------------------------------------------------------------------------
 
 
-def test_build_pipeline_on_test_pipeline(tmp_path: Path) -> None:
+def test_build_pipeline_on_test_pipeline(tmp_path: Path, caplog) -> None:
     box = ObjectAnnotation("cat", 10, 10, 50, 20)  # sticks out of the 40 px wide image
     (tmp_path / "corrupt.jpg").write_bytes(b"garbage")
     same = save(tmp_path / "same.jpg", size=(32, 32))
@@ -340,6 +341,7 @@ def test_build_pipeline_on_test_pipeline(tmp_path: Path) -> None:
         ImageRecord("s2", same, 32, 32, "test"),  # the same content in train and test
     ]
     out = tmp_path / "out"
+    caplog.set_level(logging.INFO, logger="pipeline.convert")
     with test_pipeline.TestPipeline(runner=make_runner(PipelineOptions())) as p:
         result = build_pipeline(p, records, out, {"cat": 1}, {"train": 2, "val": 1, "test": 1})
         issues = result.issues | beam.Map(lambda i: (i["file"], i["split"], i["reason"],
@@ -370,6 +372,8 @@ def test_build_pipeline_on_test_pipeline(tmp_path: Path) -> None:
     np.testing.assert_allclose(decoded["a"]["boxes"], [[10 / 30, 0.25, 20 / 30, 1.0]], atol=1e-6)
     assert decoded["g"]["shape"] == (30, 40, 3)
     assert sorted(decoded) == ["a", "g", "s1", "s2"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "pipeline.convert"]
+    assert "convert: train.tfrecord-00000-of-00002: 2/2 images" in progress  # progress is logged
 
 
 def test_duplicates_within_a_split_name_all_but_the_first() -> None:
