@@ -4,7 +4,9 @@ Layouts (:func:`read_coco`):
 
 - one file per split (as Roboflow and most exporters write it): one folder per split,
   ``train/``, ``val/`` (or ``valid/``), ``test/``, each holding its images and a COCO JSON
-  (``data.coco_annotation_file``);
+  (``data.coco_annotation_file``); or, as the official COCO release, per-split files named
+  for their split in ``annotations/`` (or ``--annotations DIR``), e.g.
+  ``instances_val2017.json`` with its images in ``val2017/`` (or the ``--images`` folder);
 - one file to be split: a single COCO JSON (``--annotations FILE``, or the only ``*.json`` in the
   root) with its images folder (``--images DIR``, else ``images/`` next to it, else its own
   folder); each image's split comes from a hash of its file name
@@ -38,7 +40,12 @@ def read_coco(
     splits: Sequence[str] = SPLITS, *, images: str | Path | None = None,
     annotations: str | Path | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
 ) -> list[ImageRecord]:
-    """Records of every split: from split folders, or from one file split by ratios."""
+    """Records of every split: from split folders, per-split files, or one file split by ratios."""
+    per_split = split_files(Path(annotations) if annotations else Path(root) / "annotations")
+    if per_split and (annotations or not any(split_folder(Path(root), s) for s in splits)):
+        base = Path(images) if images else Path(root)
+        return [record for split, path in per_split.items() if split in splits
+                for record in read_coco_file(path, _split_images(base, path), split)]
     single = Path(annotations) if annotations else _single_json(Path(root), splits)
     if single is not None:
         records = read_coco_file(single, _images_dir(single, images), None,
@@ -64,6 +71,27 @@ def _single_json(root: Path, splits: Sequence[str]) -> Path | None:
         return None
     files = sorted(root.glob("*.json"))
     return files[0] if len(files) == 1 else None
+
+
+def split_files(folder: Path) -> dict[str, Path]:
+    """Per-split COCO files in ``folder``, by name (``instances_val2017.json`` -> val), as the
+    official COCO release names them; {} when ``folder`` is not a folder of such files."""
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.json")):
+        stem = path.stem.lower()
+        split = next((s for s, names in SPLIT_FOLDERS.items() if any(n in stem for n in names)),
+                     None)
+        if split is not None:
+            found.setdefault(split, path)
+    return found
+
+
+def _split_images(base: Path, json_path: Path) -> Path:
+    """Images of a per-split file: ``<base>/<name after '_'>`` (``val2017/``) if it exists."""
+    named = base / json_path.stem.split("_", 1)[-1]
+    return (named if named.is_dir() else base).resolve()
 
 
 def _images_dir(json_path: Path, images: str | Path | None) -> Path:

@@ -148,7 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with JPEGImages/ and Annotations/, or COCO split folders")
     parser.add_argument("--images", help="images folder (flat layouts; with --annotations)")
     parser.add_argument("--annotations", help="VOC: folder of XML files (may be the images "
-                        "folder); COCO: one JSON file, split by data.val/test_fraction")
+                        "folder); COCO: one JSON file (split by data.val/test_fraction) or a "
+                        "folder of per-split files (instances_train2017.json, ...)")
 
 
 def run(args: argparse.Namespace, params: Params) -> None:

@@ -134,3 +134,18 @@ def test_file_name_leaving_the_folder_is_kept_for_refusal(coco: Path) -> None:
     path.write_text(json.dumps(data))
     hostile = [r for r in read_coco(coco, ANNOTATIONS) if r.split == "train"]
     assert not any(is_inside(r.image_path, r.root) for r in hostile)
+
+
+def test_official_layout_one_file_per_split(tmp_path: Path) -> None:
+    """annotations/instances_{train,val}2017.json with images in train2017/ and val2017/."""
+    (tmp_path / "annotations").mkdir()
+    for name, images in (("train2017", [image(1, "t.jpg")]), ("val2017", [image(2, "v.jpg")])):
+        (tmp_path / name).mkdir()
+        (tmp_path / "annotations" / f"instances_{name}.json").write_text(
+            json.dumps(coco_json(images, [])))
+    records = read_coco(tmp_path)
+    assert [(r.image_id, r.split, r.image_path) for r in records] == [
+        ("t.jpg", "train", str(tmp_path.resolve() / "train2017" / "t.jpg")),
+        ("v.jpg", "val", str(tmp_path.resolve() / "val2017" / "v.jpg"))]
+    again = read_coco(tmp_path / "x", annotations=tmp_path / "annotations", images=tmp_path)
+    assert [(r.image_id, r.split) for r in again] == [("t.jpg", "train"), ("v.jpg", "val")]
