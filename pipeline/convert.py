@@ -546,7 +546,11 @@ def prepare_image(
     if oriented is None:  # an upright RGB JPEG: its own bytes are stored
         jpeg, sha = data, hashlib.sha256(data).hexdigest()
     else:
-        jpeg, sha = rgb_jpeg(record, oriented, data, issues, rotated=oriented is not image)
+        try:
+            jpeg, sha = rgb_jpeg(record, oriented, data, issues, rotated=oriented is not image)
+        except (OSError, ValueError) as err:  # a mode Pillow cannot turn into RGB
+            issues.append(_issue(record, "corrupt_image", "skipped", _one_line(err)))
+            return None
         size = oriented.size
     objects = clean_objects(rescale(record, scale, issues), *size, label_map, issues)
     return Prepared(replace(record, width=size[0], height=size[1], objects=objects), jpeg, sha)
