@@ -1,8 +1,8 @@
 """Training throughput of every template on this machine, and what the train stage costs.
 
 1. Per template, at its default input size: images/s of the OD API's ``model_lib_v2.train_loop``
-   (one step per loop iteration) on the built-in sample data, median over the steps after the
-   warm-up ones (the first step traces the graph).
+   (one step per loop iteration, input built as the train stage builds it) on the built-in
+   sample data, median over the steps after the warm-up ones (the first step traces the graph).
 2. One config (the default template at its default size) trained twice in this run: once
    through the train stage's code (``pipeline.train.train_with_model_main``: ``model_main_tf2``
    with the project's compat shims) and once through a bare ``model_lib_v2.train_loop`` call
@@ -39,10 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=4, help="per template (default 4)")
     parser.add_argument("--models", nargs="*", default=sorted(STEPS), help="templates to time")
-    parser.add_argument("--compare-steps", type=int, default=300,
+    parser.add_argument("--compare-steps", type=int, default=200,
                         help="steps of the stage-vs-bare comparison (blocks of 100)")
     parser.add_argument("--compare-batch-size", type=int, default=4)
-    parser.add_argument("--worker", choices=("stage", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("stage", "bare", "loop"), help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -61,7 +61,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
         train_with_model_main(args.config, args.model_dir, args.steps, checkpoint_every(args))
     else:
-        bare_train_loop(args.config, args.model_dir, args.steps, args.per_iteration)
+        bare_train_loop(args.config, args.model_dir, args.steps, args.per_iteration,
+                        stage_input=args.worker == "loop")
     print(json.dumps({"wall_seconds": time.perf_counter() - start}))
 
 
@@ -69,14 +70,20 @@ def checkpoint_every(args: argparse.Namespace) -> int:
     return args.steps  # one checkpoint at the end, on both sides
 
 
-def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: int) -> None:
+def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: int,
+                    stage_input: bool = False) -> None:
     """``model_lib_v2.train_loop`` as ``model_main_tf2`` calls it, without the project's code
-    around it (the proto import shim is needed for the OD API to import at all)."""
+    around it (the proto import shim is needed for the OD API to import at all).
+    ``stage_input``: build the input as the train stage does (tf.data autotune off, which
+    avoids a ~58 s stall when the loop ends; see compat.py, shim 5)."""
     from pipeline import compat
 
     compat.apply()
     import tensorflow as tf
     from object_detection import model_lib_v2
+
+    if stage_input:
+        compat.without_autotune_model_thread(model_lib_v2.inputs)
 
     tf.keras.utils.set_random_seed(0)  # as the train stage does (train.seed)
     tf.config.set_soft_device_placement(True)
@@ -148,7 +155,7 @@ def steps_per_sec(event_dir: Path) -> list[float]:
 def time_template(work: Path, model: str, batch_size: int) -> dict:
     steps = WARMUP_STEPS + STEPS.get(model, 4)
     config = configure(work, model, batch_size, steps)
-    result = train("bare", config, work / f"run_{model}", steps, per_iteration=1)
+    result = train("loop", config, work / f"run_{model}", steps, per_iteration=1)
     measured = result["steps_per_sec"][WARMUP_STEPS:]
     rate = statistics.median(measured) * batch_size
     from pipeline import configure as configure_stage

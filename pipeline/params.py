@@ -86,9 +86,6 @@ class ConvertParams:
     pipeline_args: tuple[str, ...] = ()
 
 
-#: Values of ``model.checkpoint`` that are not paths.
-CHECKPOINT_KEYWORDS = ("none", "zoo")
-
 #: Augmentations ``train.augmentations`` can name: OD API preprocessing steps whose defaults
 #: suit any detector (``random_scale_crop_and_pad_to_square`` gets the model's input size).
 AUGMENTATIONS = (
