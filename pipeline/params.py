@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIGS_DIR = PROJECT_ROOT / "configs"
+CONFIGS_DIR = PROJECT_ROOT / "configs"  # templates and models.yaml (see pipeline.zoo)
 
 
 class ParamsError(ValueError):
@@ -28,8 +28,10 @@ def _rng(low: float | None = None, high: float | None = None, **extra: Any) -> d
 
 
 def available_models() -> tuple[str, ...]:
-    """Names of the pipeline.config templates shipped in ``configs/``."""
-    return tuple(sorted(p.stem for p in CONFIGS_DIR.glob("*.config")))
+    """Names of the templates users can pick: ``configs/<name>.config`` listed in models.yaml."""
+    from pipeline import zoo
+
+    return zoo.model_names()
 
 
 @dataclass(frozen=True)
@@ -88,22 +90,47 @@ class ConvertParams:
     pipeline_args: tuple[str, ...] = ()
 
 
+#: Augmentations ``train.augmentations`` can name: OD API preprocessing steps whose defaults
+#: suit any detector (``random_scale_crop_and_pad_to_square`` gets the model's input size).
+AUGMENTATIONS = (
+    "random_horizontal_flip", "random_vertical_flip", "random_rotation90",
+    "random_adjust_brightness", "random_adjust_contrast", "random_adjust_hue",
+    "random_adjust_saturation", "random_distort_color", "random_rgb_to_gray",
+    "random_jpeg_quality", "random_black_patches", "random_image_scale",
+    "random_crop_image", "ssd_random_crop", "random_scale_crop_and_pad_to_square",
+)
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """Which detector template to train and at which input size (stage ``configure``)."""
+    """Which detector template to train, its input size, checkpoint and post-processing."""
 
     name: str = "ssd_mobilenet_v2_fpnlite_cpu"
-    image_size: int = field(default=256, metadata=_rng(64, 2048))
+    image_size: int = field(default=0, metadata=_rng(0, 2048))
     checkpoint: str = "none"
+    checkpoint_sha256: str = ""
+    score_threshold: float = field(default=1e-8, metadata=_rng(0.0, 1.0))
+    nms_iou_threshold: float = field(default=0.6, metadata=_rng(0.01, 1.0))
+    max_detections: int = field(default=100, metadata=_rng(1, 10_000))
 
     def check(self) -> None:
         choices = available_models()
         if self.name not in choices:
             raise ParamsError(f"model.name must be one of {list(choices)}, got {self.name!r}")
-        if self.checkpoint != "none":
-            raise ParamsError(
-                f"model.checkpoint must be 'none' (train from scratch), got {self.checkpoint!r}"
-            )
+        if 0 < self.image_size < 32:
+            raise ParamsError(f"model.image_size must be 0 (the template's) or in [32, 2048], "
+                              f"got {self.image_size}")
+        if not self.checkpoint.strip():
+            raise ParamsError("model.checkpoint must be 'none', 'zoo' or a path, got ''")
+        if self.checkpoint_sha256 and not _is_sha256(self.checkpoint_sha256):
+            raise ParamsError("model.checkpoint_sha256 must be '' or 64 lowercase hex digits, "
+                              f"got {self.checkpoint_sha256!r}")
+        if self.checkpoint_sha256 and self.checkpoint == "none":
+            raise ParamsError("model.checkpoint_sha256 is set but model.checkpoint is 'none'")
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 @dataclass(frozen=True)
@@ -112,10 +139,11 @@ class TrainParams:
 
     batch_size: int = field(default=16, metadata=_rng(1, 4096))
     num_steps: int = field(default=800, metadata=_rng(1, 10_000_000))
-    learning_rate: float = field(default=0.08, metadata=_rng(1e-7, 10.0))
+    learning_rate: float = field(default=0.0, metadata=_rng(0.0, 10.0))
     warmup_steps: int = field(default=80, metadata=_rng(0, 10_000_000))
     checkpoint_every_n: int = field(default=200, metadata=_rng(1, 10_000_000))
     max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
+    augmentations: tuple[str, ...] = ()
     seed: int = field(default=0, metadata=_rng(0, 2**31 - 1))
 
     def check(self) -> None:
@@ -124,6 +152,12 @@ class TrainParams:
                 f"train.warmup_steps must be smaller than train.num_steps ({self.num_steps}), "
                 f"got {self.warmup_steps}"
             )
+        unknown = sorted(set(self.augmentations) - set(AUGMENTATIONS) - {"none"})
+        if unknown:
+            raise ParamsError(f"train.augmentations has unknown name(s) {unknown}; "
+                              f"allowed: {['none', *AUGMENTATIONS]}")
+        if "none" in self.augmentations and len(self.augmentations) > 1:
+            raise ParamsError("train.augmentations: 'none' cannot be combined with others")
 
 
 @dataclass(frozen=True)
@@ -181,6 +215,11 @@ def params_from_dict(raw: Any) -> Params:
     return _build(Params, raw, prefix="")
 
 
+def build_dataclass(cls: type, raw: Any, prefix: str) -> Any:
+    """Build and validate any params-style dataclass (e.g. configs/models.yaml entries)."""
+    return _build(cls, raw, prefix)
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "params.yaml"
     if not isinstance(raw, dict):
@@ -192,6 +231,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             f"unknown key(s) {[prefix + str(k) for k in unknown]} in {where}; "
             f"allowed: {sorted(fields)}"
         )
+    missing = sorted(name for name, f in fields.items() if name not in raw
+                     and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ParamsError(f"missing key(s) {[prefix + k for k in missing]} in {where}")
     hints = typing.get_type_hints(cls)
     values = {
         name: _convert(prefix + name, raw[name], hints[name], fields[name].metadata)

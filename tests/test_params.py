@@ -1,4 +1,5 @@
 """params.yaml is read into a typed object; bad params are refused with a precise message."""
+import re
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,26 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
     "raw, message",
     [
         ({"trian": {}}, "unknown key(s) ['trian'] in params.yaml; allowed: ['convert', 'data'"),
-        ({"train": {"batch": 4}}, "unknown key(s) ['train.batch'] in train; allowed: ['batch_size'"),
+        ({"train": {"batch": 4}}, "unknown key(s) ['train.batch'] in train; allowed: ['augmentations', 'batch_size'"),
         ({"train": {"batch_size": "16"}}, "train.batch_size must be of type int, got '16' (str)"),
         ({"train": {"batch_size": True}}, "train.batch_size must be of type int, got True (bool)"),
         ({"train": {"batch_size": 0}}, "train.batch_size must be in [1, 4096], got 0"),
-        ({"train": {"learning_rate": -1}}, "train.learning_rate must be in [1e-07, 10.0], got -1.0"),
+        ({"train": {"learning_rate": -1}}, "train.learning_rate must be in [0.0, 10.0], got -1.0"),
         ({"data": {"format": "yolo"}}, "data.format must be one of ['voc', 'coco'], got 'yolo'"),
-        ({"model": {"name": "yolo"}}, "model.name must be one of ['ssd_mobilenet_v2_fpnlite_cpu'"),
+        ({"model": {"name": "yolo"}}, "model.name must be one of ['efficientdet_d0', "
+                                      "'faster_rcnn_resnet50_640', 'ssd_mobilenet_v2_320', "
+                                      "'ssd_mobilenet_v2_fpnlite_320', "
+                                      "'ssd_mobilenet_v2_fpnlite_cpu'], got 'yolo'"),
+        ({"model": {"image_size": 16}}, "model.image_size must be 0 (the template's) or in [32"),
+        ({"model": {"checkpoint": ""}}, "model.checkpoint must be 'none', 'zoo' or a path"),
+        ({"model": {"checkpoint": "zoo", "checkpoint_sha256": "abc"}},
+         "model.checkpoint_sha256 must be '' or 64 lowercase hex digits, got 'abc'"),
+        ({"model": {"checkpoint_sha256": "a" * 64}}, "model.checkpoint_sha256 is set but"),
+        ({"model": {"nms_iou_threshold": 0}}, "model.nms_iou_threshold must be in [0.01, 1.0]"),
+        ({"train": {"augmentations": ["mixup"]}},
+         "train.augmentations has unknown name(s) ['mixup']; allowed: ['none', 'random_horiz"),
+        ({"train": {"augmentations": ["none", "random_horizontal_flip"]}},
+         "'none' cannot be combined"),
         ({"sample": {"classes": ["circle", "blob"]}}, "sample.classes has unknown shape(s) ['blob']"),
         ({"sample": {"classes": "circle"}}, "sample.classes must be a list of str, got 'circle'"),
         ({"train": {"num_steps": 10, "warmup_steps": 10}}, "train.warmup_steps must be smaller"),
@@ -62,3 +76,24 @@ def test_params_objects_are_frozen():
 def test_dataclass_defaults_match_the_shipped_params_file():
     """Params() documents the same defaults as params.yaml (except paths a user edits)."""
     assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_models_yaml_entries_are_typed_and_validated(tmp_path):
+    from pipeline import zoo
+
+    (tmp_path / "m.config").write_text("")
+    bad = {"reference_batch_size: 0": "m.reference_batch_size must be in [1, 65536], got 0",
+           "reference_batch_size: 8\n  colour: red": "unknown key(s) ['m.colour']",
+           "reference_batch_size: 8\n  sha256: xyz\n  zoo_archive: a": "sha256 must be 64"}
+    for entry, message in bad.items():
+        (tmp_path / "models.yaml").write_text(
+            f"m:\n  description: d\n  reference_learning_rate: 0.1\n  {entry}\n")
+        with pytest.raises(ParamsError, match=re.escape(message)):
+            zoo.load_specs(tmp_path / "models.yaml")
+    (tmp_path / "models.yaml").write_text("m:\n  description: d\n")
+    with pytest.raises(ParamsError, match="missing key"):
+        zoo.load_specs(tmp_path / "models.yaml")
+    (tmp_path / "models.yaml").write_text(
+        "other:\n  description: d\n  reference_batch_size: 1\n  reference_learning_rate: 1\n")
+    with pytest.raises(ParamsError, match="lists 'other' but other.config is missing"):
+        zoo.load_specs(tmp_path / "models.yaml")
