@@ -22,6 +22,7 @@ STAGES = {
     "train": ("pipeline.train", "train with the OD API's model_main_tf2"),
     "export": ("pipeline.export", "export a SavedModel with exporter_main_v2 and smoke-test it"),
     "report": ("pipeline.report", "evaluate the SavedModel on the test split (COCO metrics)"),
+    "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
 }
 
 

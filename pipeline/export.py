@@ -68,6 +68,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
 def _export_and_verify(args: argparse.Namespace, params: Params, staging: Path) -> dict:
     settings = params.export
     export_with_exporter_main(args.config, args.model_dir, staging, settings.input_type)
+    _copy_label_map(args.data, staging)
     examples = test_examples(args.data, settings.verify_images)
     summary = verify_export(staging / "saved_model", args.config, args.model_dir, examples,
                             settings.input_type, settings.verify_tolerance)
@@ -78,6 +79,14 @@ def _export_and_verify(args: argparse.Namespace, params: Params, staging: Path) 
                                               staging / "tflite", settings)
     (staging / VERIFICATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _copy_label_map(data_dir: Path, staging: Path) -> None:
+    # The export directory is self-contained: `predict` names classes from this copy.
+    label_map = data_dir / "label_map.pbtxt"
+    if not label_map.is_file():
+        raise PipelineError(f"label map {label_map} not found; run the convert stage first")
+    shutil.copy(label_map, staging / "label_map.pbtxt")
 
 
 def _log_to_mlflow(params: Params, output: Path, run_id: str | None, summary: dict) -> None:
