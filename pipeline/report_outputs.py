@@ -157,6 +157,7 @@ def _draw(path: Path, pictures: Pictures, k: int, errors: dict[int, int]) -> tup
     truth, det = pictures.truths[k], pictures.detections[k]
     image = cv2.cvtColor(cv2.imdecode(np.frombuffer(pictures.images[k], np.uint8),
                                       cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    image = _enlarged(image, min_side=320)  # small test images would be unreadable
     keep = det.scores >= pictures.score_threshold
     picture = drawing.ground_truth_vs_predictions(
         image, truth.boxes, truth.classes, det.boxes[keep], det.classes[keep], det.scores[keep],
@@ -164,6 +165,16 @@ def _draw(path: Path, pictures: Pictures, k: int, errors: dict[int, int]) -> tup
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     return f"{truth.file_name}: {errors.get(truth.image_id, 0)} error(s)", path
+
+
+def _enlarged(image: np.ndarray, min_side: int) -> np.ndarray:
+    import cv2
+
+    factor = min_side / min(image.shape[:2])
+    if factor <= 1:
+        return image
+    size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
 def _cell(value: float | None) -> str:

@@ -112,9 +112,11 @@ def test_tflite_models_match_the_saved_model(project):
     reference = export.saved_model_detections(project / "models/exported/saved_model",
                                               [example], "image_tensor")[0]
     outputs = export.Detections.from_outputs(detectors["float32"](image))
-    # Same weights; TFLite's NMS and kernels differ slightly from TF's.
-    np.testing.assert_allclose(outputs.scores[:5], reference.scores[:5], atol=1e-3)
-    np.testing.assert_allclose(outputs.boxes[:5], reference.boxes[:5], atol=1e-3)
+    # Same weights; TFLite's kernels differ slightly from TF's, and near-tied scores of a
+    # barely trained model may come out in another order: match each detection instead.
+    for k in range(5):
+        score_diff, box_diff = export._closest_match(outputs, k, reference)
+        assert score_diff <= 1e-3 and box_diff <= 1e-3, k
     int8 = export.Detections.from_outputs(detectors["int8"](image))
     assert int8.scores.shape == outputs.scores.shape
 
