@@ -32,12 +32,13 @@ SPLIT_TAG = "test_split_sha256"
 class SavedModelDetector(PythonModel):
     """pyfunc: uint8 images ``[N, H, W, 3]`` in, the exporter's detection arrays out."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context) -> None:
         import tensorflow as tf
 
         self._model = tf.saved_model.load(context.artifacts["saved_model"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> dict:
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would
+        # treat them as an input schema to validate against
         import numpy as np
         import tensorflow as tf
 
