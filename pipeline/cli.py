@@ -20,8 +20,8 @@ STAGES = {
     "convert": ("pipeline.convert", "convert a VOC or COCO dataset to sharded TFRecords (Beam)"),
     "configure": ("pipeline.configure", "render pipeline.config from a template and params"),
     "train": ("pipeline.train", "train with the OD API's model_main_tf2"),
-    "export": ("pipeline.export", "export a SavedModel (exporter_main_v2), verified against the checkpoint; TFLite"),
-    "report": ("pipeline.report", "evaluate the export on the test split: metrics, plots, HTML report, registry"),
+    "export": ("pipeline.export", "export (exporter_main_v2), verify against the checkpoint, TFLite"),
+    "report": ("pipeline.report", "test-set metrics, plots, HTML report; register the model"),
     "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
 }
 
