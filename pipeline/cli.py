@@ -20,7 +20,7 @@ STAGES = {
     "convert": ("pipeline.convert", "convert a VOC or COCO dataset to sharded TFRecords (Beam)"),
     "configure": ("pipeline.configure", "render pipeline.config from a template and params"),
     "train": ("pipeline.train", "train with the OD API's model_main_tf2"),
-    "export": ("pipeline.export", "export (exporter_main_v2), verify against the checkpoint, TFLite"),
+    "export": ("pipeline.export", "export a SavedModel, verify it against the checkpoint, TFLite"),
     "report": ("pipeline.report", "test-set metrics, plots, HTML report; register the model"),
     "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
 }

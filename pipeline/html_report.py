@@ -61,7 +61,8 @@ def _summary_table(m: dict) -> str:
 
 def _per_class_table(m: dict) -> str:
     rows = "".join(f"<tr><td>{_e(n)}</td><td class='n'>{_f(s['ap'])}</td>"
-                   f"<td class='n'>{_f(s['ap50'])}</td><td class='n'>{_f(s.get('voc_ap50'))}</td></tr>"
+                   f"<td class='n'>{_f(s['ap50'])}</td>"
+                   f"<td class='n'>{_f(s.get('voc_ap50'))}</td></tr>"
                    for n, s in m["per_class"].items())
     return ("<table><tr><th>class</th><th>AP @[.5:.95]</th><th>AP @.5</th>"
             f"<th>VOC AP @.5</th></tr>{rows}</table>")

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                         help="image files, video files or folders")
     parser.add_argument("--output", type=Path, default=Path("predictions"),
-                        help="folder for annotated files and detections.json (default: predictions)")
+                        help="folder for annotated files and detections.json "
+                             "(default: predictions)")
     parser.add_argument("--score-threshold", type=_unit_float, default=0.5,
                         help="keep detections scoring at least this (default: 0.5)")
     parser.add_argument("--max-detections", type=_positive_int, default=100,
@@ -112,8 +113,9 @@ class Predictor:
         encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
         if self.detector.input_type == "encoded_image_string_tensor":
             return tf.constant([encoded])
-        feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}
-        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        encoded_feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
+        example = tf.train.Example(
+            features=tf.train.Features(feature={"image/encoded": encoded_feature}))
         return tf.constant([example.SerializeToString()])
 
     def annotate(self, rgb: np.ndarray, detections: list[dict]) -> np.ndarray:

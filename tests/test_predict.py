@@ -90,7 +90,8 @@ def test_folder_with_options_and_a_bad_file(model, params_file, tmp_path, capsys
     assert {Path(i["output"]).name for i in result["inputs"]} == {"x.png", "x_2.png"}
     assert all(len(i["detections"]) == 1 for i in result["inputs"])  # max 1 of the 2 above 0.2
     reasons = {Path(s["path"]).name: s["reason"] for s in result["skipped"]}
-    assert reasons == {"broken.jpg": "not a readable image", "missing.jpg": "no such file or folder"}
+    assert reasons == {"broken.jpg": "not a readable image",
+                       "missing.jpg": "no such file or folder"}
     assert "skipped" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""MLflow model registry: a new version per model, `champion` only for a better map on the same split."""
+"""MLflow model registry: a new version per model; `champion` only for a better map, same split."""
 from __future__ import annotations
 
 from pathlib import Path
