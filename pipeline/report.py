@@ -217,7 +217,11 @@ class Sample:
 
 def read_samples(files: list[str]) -> Iterator[Sample]:
     """Yield the test images with their ground truth; COCO image ids are 1, 2, ... in order."""
-    dataset = tf.data.TFRecordDataset(files).map(_parse).prefetch(tf.data.AUTOTUNE)
+    # No prefetching or autotuning: background tf.data threads would share the CPU with the
+    # timed model calls and skew the latency figures; reading a record is cheap.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = tf.data.TFRecordDataset(files).map(_parse).with_options(options)
     try:
         for image_id, (serialized, features) in enumerate(dataset, start=1):
             features = {k: v.numpy() for k, v in features.items()}
