@@ -20,8 +20,9 @@ STAGES = {
     "convert": ("pipeline.convert", "convert a VOC or COCO dataset to sharded TFRecords (Beam)"),
     "configure": ("pipeline.configure", "render pipeline.config from a template and params"),
     "train": ("pipeline.train", "train with the OD API's model_main_tf2"),
-    "export": ("pipeline.export", "export a SavedModel with exporter_main_v2 and smoke-test it"),
-    "report": ("pipeline.report", "evaluate the SavedModel on the test split (COCO metrics)"),
+    "export": ("pipeline.export", "export a SavedModel, verify it against the checkpoint, TFLite"),
+    "report": ("pipeline.report", "test-set metrics, plots, HTML report; register the model"),
+    "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
 }
 
 

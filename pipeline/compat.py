@@ -218,3 +218,29 @@ def without_autotune_model_thread(inputs_module) -> None:
 
     train_input._without_autotune = True
     inputs_module.train_input = train_input
+
+
+# --- 6. NumPy aliases removed in 1.24, used by the OD API's Pascal VOC metrics --------------------
+# Problem: ``object_detection/utils/metrics.py`` compares dtypes with ``np.float`` and ``np.bool``,
+# aliases NumPy 1.24 removed, so ``PascalDetectionEvaluator.evaluate()`` raises AttributeError.
+# Shim: that one module's ``np`` is replaced by a proxy of NumPy that also has the two aliases
+# (as the builtins they always meant); NumPy itself and every other module are untouched.
+# Drop when the OD API's metrics.py stops using the removed aliases.
+
+
+class _NumpyWithRemovedAliases:
+    float = float
+    bool = bool
+
+    def __getattr__(self, name: str):
+        import numpy
+
+        return getattr(numpy, name)
+
+
+def numpy_aliases_for_od_metrics() -> None:
+    """Give ``object_detection.utils.metrics`` a NumPy with ``np.float`` and ``np.bool``."""
+    from object_detection.utils import metrics
+
+    if not isinstance(metrics.np, _NumpyWithRemovedAliases):
+        metrics.np = _NumpyWithRemovedAliases()

@@ -160,13 +160,28 @@ class TrainParams:
             raise ParamsError("train.augmentations: 'none' cannot be combined with others")
 
 
+#: TFLite precisions the export stage can write (``export.tflite``).
+TFLITE_PRECISIONS = ("float32", "float16", "int8")
+
+
 @dataclass(frozen=True)
 class ExportParams:
-    """How the SavedModel takes its input (stage ``export``)."""
+    """How the SavedModel takes its input and how the export is checked (stage ``export``)."""
 
     input_type: Literal["image_tensor", "encoded_image_string_tensor", "tf_example"] = (
         "image_tensor"
     )
+    verify_images: int = field(default=4, metadata=_rng(1, 1000))
+    verify_tolerance: float = field(default=1e-3, metadata=_rng(0.0, 1.0))
+    tflite: tuple[str, ...] = ("float32", "float16")
+    tflite_max_detections: int = field(default=100, metadata=_rng(1, 1000))
+    representative_images: int = field(default=50, metadata=_rng(1, 10_000))
+
+    def check(self) -> None:
+        unknown = [p for p in self.tflite if p not in TFLITE_PRECISIONS]
+        if unknown or len(set(self.tflite)) != len(self.tflite):
+            raise ParamsError(f"export.tflite must be distinct values among "
+                              f"{list(TFLITE_PRECISIONS)}, got {list(self.tflite)}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,10 @@ class ReportParams:
     """Test-set evaluation (stage ``report``)."""
 
     warmup_images: int = field(default=2, metadata=_rng(0, 1000))
+    score_threshold: float = field(default=0.5, metadata=_rng(0.0, 1.0))
+    sample_images: int = field(default=6, metadata=_rng(0, 100))
+    worst_images: int = field(default=6, metadata=_rng(0, 100))
+    registered_model: str = "object-detector"
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,20 @@
-"""Stage ``report``: evaluate the exported SavedModel on the test split.
+"""Stage ``report``: evaluate the exported SavedModel (and its TFLite models) on the test split.
 
 Reads ``DATA/test.tfrecord-*`` and ``DATA/label_map.pbtxt``, runs ``MODEL/saved_model`` one
 image at a time (batch 1, as a deployed detector would) and writes into ``OUTPUT``:
 
-- ``metrics.json``: COCO box metrics (see :mod:`pipeline.coco_eval`; ``null`` = no ground
-  truth in that bucket), ``per_class`` AP, ``latency_ms`` (p50, p95, mean),
-  ``images_per_second``, ``num_images`` and ``num_detections``. Written last and atomically,
-  so it only exists when the whole evaluation succeeded.
-- ``groundtruth.json`` and ``detections.json``: the COCO files the metrics come from.
-- ``per_class.csv`` (class, ap, ap50), ``plots/pr_curve.png`` and ``plots/pr_curve.csv``
-  (precision-recall per class at IoU 0.5, long format for ``dvc plots``).
+- ``metrics.json``: the 12 COCO box metrics of pycocotools' summary (see
+  :mod:`pipeline.coco_eval`; ``null`` = no ground truth in that bucket), ``pascal_voc_map_50``
+  (the OD API's ``PascalDetectionEvaluator``), ``per_class`` AP / AP50 / VOC AP50,
+  ``latency_ms`` (p50, p95, mean), ``images_per_second``, ``num_images``, ``num_detections``,
+  ``confusion`` thresholds and, when the export wrote TFLite models, ``tflite`` (mAP, mAP@0.5
+  and latency per precision). Written last and atomically, so it only exists when the whole
+  evaluation succeeded.
+- ``groundtruth.json`` and ``detections.json``: the COCO files the metrics come from
+  (re-scoring them with plain pycocotools gives the same numbers).
+- ``per_class.csv`` / ``per_class.md``, ``report.html`` (self-contained: every image embedded),
+  ``plots/pr_curve.png`` + ``.csv``, ``plots/confusion_matrix.png`` + ``.csv`` and
+  ``images/sample_*.png`` / ``images/worst_*.png`` (ground truth left, predictions right).
 
 Latency is wall time around the model call plus the conversion of its outputs to numpy;
 reading records and, for ``image_tensor`` models, JPEG decoding are not included. The first
@@ -19,7 +24,6 @@ tracing and memory allocation do not count.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -30,15 +34,16 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from pipeline import coco_eval, labelmap, tracking
+from pipeline import coco_eval, confusion, labelmap, report_outputs, tracking, voc_eval
 from pipeline.coco_eval import GroundTruthImage, ImageDetections
 from pipeline.errors import PipelineError
-from pipeline.params import Params
+from pipeline.params import Params, ReportParams
 
 log = logging.getLogger(__name__)
 
 _LOG_EVERY = 50  # images between progress lines when stderr is not a terminal (no tqdm bar)
 _OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+CONFUSION_IOU = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,46 +58,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    """Evaluate and return the metrics written to ``metrics.json``."""
-    metrics = evaluate(args.model, args.data, args.output, params.report.warmup_images)
-    log_to_mlflow(params, Path(args.model), Path(args.output), metrics)
+    """Evaluate, log to MLflow, register the model; return the metrics of ``metrics.json``."""
+    metrics = evaluate(args.model, args.data, args.output, params.report)
+    run_id = log_to_mlflow(params, Path(args.model), Path(args.output), metrics)
+    if params.report.registered_model:
+        from pipeline import registry
+
+        registry.register(params.mlflow, params.report.registered_model, run_id,
+                          Path(args.model), metrics, registry.split_hash(args.data))
     log.info("mAP %s, mAP@0.5 %s, %s images/s on %d test images; wrote %s",
              _fmt(metrics["map"]), _fmt(metrics["map_50"]), _fmt(metrics["images_per_second"]),
-             metrics["num_images"], Path(args.output) / "metrics.json")
+             metrics["num_images"], Path(args.output) / "report.html")
     return metrics
 
 
-def log_to_mlflow(params: Params, model_dir: Path, output_dir: Path, metrics: dict) -> None:
-    """Add the test metrics and report files to the model's MLflow run (see tracking.py)."""
+def log_to_mlflow(params: Params, model_dir: Path, output_dir: Path, metrics: dict) -> str:
+    """Add the test metrics and report files to the model's MLflow run; return its id."""
     run_id = tracking.read_run_file(model_dir)
     with tracking.start_run(params.mlflow, "report", run_id=run_id) as mlflow:
         tracking.log_numbers(mlflow, metrics, prefix="test.")
-        files = ["metrics.json", "per_class.csv", "groundtruth.json", "detections.json",
-                 "plots/pr_curve.png"]
-        tracking.log_existing_artifacts(mlflow, [output_dir / f for f in files], "report")
+        mlflow.log_params({f"report.{k}": v for k, v in vars(params.report).items()})
+        files = [p for p in output_dir.rglob("*") if p.is_file()]
+        for path in files:
+            relative = path.parent.relative_to(output_dir)
+            mlflow.log_artifact(str(path), str(Path("report") / relative))
+        return mlflow.active_run().info.run_id
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, output_dir: str | Path,
-             warmup_images: int = 2) -> dict[str, Any]:
-    """Run the model on every test record, score it (COCO) and write the report files."""
+             settings: ReportParams = ReportParams()) -> dict[str, Any]:
+    """Run the model on every test record, score it and write the report files."""
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     files = find_test_records(data_dir)
     categories = read_label_map(data_dir / "label_map.pbtxt")
     detector = Detector.load(model_dir)
-    truths, detections, latencies = _infer_all(detector, files, warmup_images)
+    truths, detections, images, latencies = _infer_all(detector, files, settings.warmup_images)
     _check_class_ids(truths, categories)
     groundtruth = coco_eval.groundtruth_dict(truths, categories)
     results = coco_eval.detections_list(detections)
     evaluator = coco_eval.run_cocoeval(groundtruth, results)
+    voc = voc_eval.pascal_voc_metrics(truths, detections, categories)
+    matrix = confusion.confusion_matrix(truths, detections, categories, CONFUSION_IOU,
+                                        settings.score_threshold)
     metrics = {
         **coco_eval.summary_metrics(evaluator),
-        "per_class": coco_eval.per_class_metrics(evaluator),
+        "pascal_voc_map_50": voc["map_50"],
+        "per_class": _per_class(coco_eval.per_class_metrics(evaluator), voc["per_class"]),
         **_speed(latencies),
         "num_images": len(truths),
         "num_detections": len(results),
+        "confusion": {"iou": CONFUSION_IOU, "score_threshold": settings.score_threshold},
     }
-    _write_outputs(output_dir, metrics, groundtruth, results, evaluator)
+    tflite = evaluate_tflite(Path(model_dir), truths, images, categories)
+    if tflite:
+        metrics["tflite"] = tflite
+    report_outputs.write_all(output_dir, metrics, groundtruth, results, evaluator, matrix,
+                             report_outputs.Pictures(truths, detections, images, categories,
+                                                     settings.sample_images,
+                                                     settings.worst_images,
+                                                     settings.score_threshold))
     return metrics
+
+
+def _per_class(coco: dict[str, dict], voc: dict[str, float | None]) -> dict[str, dict]:
+    return {name: {**scores, "voc_ap50": voc.get(name)} for name, scores in coco.items()}
+
+
+def evaluate_tflite(model_dir: Path, truths: list[GroundTruthImage], images: list[bytes],
+                    categories: dict[int, str]) -> dict[str, dict]:
+    """COCO mAP, mAP@0.5 and latency of each TFLite model in ``model_dir/tflite`` (if any)."""
+    from pipeline import tflite
+
+    results = {}
+    for precision, detector in tflite.TfliteDetector.load_all(model_dir / "tflite").items():
+        detections, latencies = [], []
+        for truth, encoded in tqdm(list(zip(truths, images)), desc=f"tflite {precision}",
+                                   unit="img", disable=None):
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+            start = time.perf_counter()
+            outputs = detector(image)
+            latencies.append((time.perf_counter() - start) * 1000.0)
+            detections.append(_detections(truth, {k: v[0] for k, v in outputs.items()}))
+        evaluator = coco_eval.run_cocoeval(coco_eval.groundtruth_dict(truths, categories),
+                                           coco_eval.detections_list(detections))
+        summary = coco_eval.summary_metrics(evaluator)
+        results[precision] = {"map": summary["map"], "map_50": summary["map_50"],
+                              **_speed(latencies)}
+    return results
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -165,7 +217,11 @@ class Sample:
 
 def read_samples(files: list[str]) -> Iterator[Sample]:
     """Yield the test images with their ground truth; COCO image ids are 1, 2, ... in order."""
-    dataset = tf.data.TFRecordDataset(files).map(_parse).prefetch(tf.data.AUTOTUNE)
+    # No prefetching or autotuning: background tf.data threads would share the CPU with the
+    # timed model calls and skew the latency figures; reading a record is cheap.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = tf.data.TFRecordDataset(files).map(_parse).with_options(options)
     try:
         for image_id, (serialized, features) in enumerate(dataset, start=1):
             features = {k: v.numpy() for k, v in features.items()}
@@ -252,8 +308,8 @@ def _parses_examples(signature: Any) -> bool:
 
 
 def _infer_all(detector: Detector, files: list[str], warmup_images: int
-               ) -> tuple[list[GroundTruthImage], list[ImageDetections], list[float]]:
-    truths, detections, latencies = [], [], []
+               ) -> tuple[list[GroundTruthImage], list[ImageDetections], list[bytes], list[float]]:
+    truths, detections, images, latencies = [], [], [], []
     progress = tqdm(read_samples(files), desc="report", unit="img", disable=None)
     for index, sample in enumerate(progress):
         inputs = detector.model_input(sample)
@@ -263,12 +319,13 @@ def _infer_all(detector: Detector, files: list[str], warmup_images: int
         outputs = detector(inputs)
         latencies.append((time.perf_counter() - start) * 1000.0)
         truths.append(sample.truth)
+        images.append(sample.features["image/encoded"])  # JPEG/PNG bytes: small to keep
         detections.append(_detections(sample.truth, outputs))
         if progress.disable and (index + 1) % _LOG_EVERY == 0:
             log.info("evaluated %d images", index + 1)
     if not truths:
         raise PipelineError(f"the test split is empty: no records in {files}")
-    return truths, detections, latencies
+    return truths, detections, images, latencies
 
 
 def _detections(truth: GroundTruthImage, outputs: dict[str, np.ndarray]) -> ImageDetections:
@@ -287,62 +344,6 @@ def _speed(latencies: list[float]) -> dict[str, Any]:
                        "mean": float(ms.mean())},
         "images_per_second": float(1000.0 * len(ms) / ms.sum()) if ms.sum() > 0 else None,
     }
-
-
-# --- outputs ----------------------------------------------------------------------------------
-
-
-def _write_outputs(output_dir: Path, metrics: dict, groundtruth: dict, results: list[dict],
-                   evaluator: Any) -> None:
-    coco_eval.save_coco(groundtruth, results, output_dir)
-    write_per_class_csv(output_dir / "per_class.csv", metrics["per_class"])
-    curves = coco_eval.pr_curves(evaluator, iou=0.5)
-    write_pr_csv(output_dir / "plots" / "pr_curve.csv", curves)
-    plot_pr_curves(output_dir / "plots" / "pr_curve.png", curves, metrics["per_class"])
-    coco_eval.write_json(output_dir / "metrics.json", metrics)  # last: marks a finished report
-
-
-def write_per_class_csv(path: Path, per_class: dict[str, dict]) -> None:
-    """``class,ap,ap50`` rows; empty cells for classes without ground truth."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "ap", "ap50"])
-        for name, scores in per_class.items():
-            writer.writerow([name, _cell(scores["ap"]), _cell(scores["ap50"])])
-
-
-def write_pr_csv(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Long-format ``class,recall,precision`` rows (one per COCO recall point and class)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "recall", "precision"])
-        for name, (recall, precision) in curves.items():
-            writer.writerows([name, f"{r:.2f}", f"{p:.6f}"] for r, p in zip(recall, precision))
-
-
-def plot_pr_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]],
-                   per_class: dict[str, dict]) -> None:
-    """Precision-recall curve per class at IoU 0.5, saved as PNG."""
-    # A bare Figure renders with Agg and never touches pyplot's global backend state.
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 5), dpi=100)
-    axes = figure.add_subplot()
-    for name, (recall, precision) in curves.items():
-        axes.plot(recall, precision, label=f"{name} (AP50 {_fmt(per_class[name]['ap50'])})")
-    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05),
-             title="Precision-recall on the test split (IoU 0.5)")
-    axes.grid(alpha=0.3)
-    if curves:
-        axes.legend(loc="lower left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-
-
-def _cell(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"
 
 
 def _fmt(value: float | None) -> str:

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from pipeline import cli, report
 from pipeline.errors import PipelineError
+from pipeline.params import ReportParams
 
 BASE_HEIGHT, STEP, WIDTH = 48, 8, 80
 CLASSES = {1: "circle", 2: "square"}
@@ -128,7 +129,7 @@ def perfect_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def perfect_report(perfect_model, data_dir, tmp_path_factory) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp("reports")
-    return report.evaluate(perfect_model, data_dir, output, warmup_images=2), output
+    return report.evaluate(perfect_model, data_dir, output, ReportParams(warmup_images=2)), output
 
 
 def test_ground_truth_boxes_score_one(perfect_report):
@@ -148,11 +149,12 @@ def test_metrics_json_schema(perfect_report):
     summary = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
                "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
     assert set(saved) == set(summary) | {"per_class", "latency_ms", "images_per_second",
-                                         "num_images", "num_detections"}
+                                         "num_images", "num_detections", "pascal_voc_map_50",
+                                         "confusion"}
     for key in summary:
         assert saved[key] is None or 0.0 <= saved[key] <= 1.0, key
     for scores in saved["per_class"].values():
-        assert set(scores) == {"ap", "ap50"}
+        assert set(scores) == {"ap", "ap50", "voc_ap50"}
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     latency = saved["latency_ms"]
     assert set(latency) == {"p50", "p95", "mean"}
@@ -179,7 +181,7 @@ def test_report_files(perfect_report):
 def test_string_input_models(input_type, data_dir, tmp_path):
     model = _save_model(tmp_path / "export", FakeDetector(OBJECTS), input_type)
     assert report.Detector.load(model).input_type == input_type
-    metrics = report.evaluate(model, data_dir, tmp_path / "out", warmup_images=0)
+    metrics = report.evaluate(model, data_dir, tmp_path / "out", ReportParams(warmup_images=0))
     assert metrics["map"] == pytest.approx(1.0)
 
 
@@ -187,7 +189,7 @@ def test_wrong_boxes_score_lower(data_dir, tmp_path):
     # Every box moved down by a quarter of the image: IoU <= 0.5 for most boxes.
     shifted = [[([b[0] + .25, b[1], b[2] + .25, b[3]], c) for b, c in o] for o in OBJECTS]
     model = _save_model(tmp_path / "export", FakeDetector(shifted))
-    metrics = report.evaluate(model, data_dir, tmp_path / "out", warmup_images=0)
+    metrics = report.evaluate(model, data_dir, tmp_path / "out", ReportParams(warmup_images=0))
     assert metrics["map"] < 0.5
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["map"] == metrics["map"]
 
@@ -219,7 +221,9 @@ def test_class_missing_from_label_map(perfect_model, data_dir, tmp_path):
 
 
 def test_cli_prints_one_line_error_and_writes_nothing(perfect_model, tmp_path, capsys):
-    (tmp_path / "params.yaml").write_text("report:\n  warmup_images: 1\n")
+    (tmp_path / "params.yaml").write_text(
+        f"report:\n  warmup_images: 1\n  registered_model: ''\n"
+        f"mlflow:\n  tracking_uri: sqlite:///{tmp_path / 'mlflow.db'}\n")
     out = tmp_path / "out"
     code = cli.main(["report", "--params", str(tmp_path / "params.yaml"), "--model",
                      str(perfect_model), "--data", str(tmp_path / "missing"), "--output", str(out)])
@@ -230,7 +234,9 @@ def test_cli_prints_one_line_error_and_writes_nothing(perfect_model, tmp_path, c
 
 
 def test_cli_runs_the_stage(perfect_model, data_dir, tmp_path):
-    (tmp_path / "params.yaml").write_text("report:\n  warmup_images: 1\n")
+    (tmp_path / "params.yaml").write_text(
+        f"report:\n  warmup_images: 1\n  registered_model: ''\n"
+        f"mlflow:\n  tracking_uri: sqlite:///{tmp_path / 'mlflow.db'}\n")
     out = tmp_path / "out"
     code = cli.main(["report", "--params", str(tmp_path / "params.yaml"), "--model",
                      str(perfect_model), "--data", str(data_dir), "--output", str(out)])
@@ -243,3 +249,74 @@ def test_invalid_label_map(perfect_model, data_dir, tmp_path):
     (data / "label_map.pbtxt").write_text("item { id: 1 name: 'circle' ")
     with pytest.raises(PipelineError, match="not a valid label map"):
         report.evaluate(perfect_model, data, tmp_path / "out")
+
+
+def test_pascal_voc_map_from_the_od_api_evaluator(perfect_report):
+    metrics, _ = perfect_report
+    assert metrics["pascal_voc_map_50"] == pytest.approx(1.0)
+    assert all(s["voc_ap50"] == pytest.approx(1.0) for s in metrics["per_class"].values())
+
+
+def test_pascal_voc_map_drops_with_wrong_classes(data_dir, tmp_path):
+    swapped = [[(b, 3 - c) for b, c in o] for o in OBJECTS]  # circle <-> square
+    model = _save_model(tmp_path / "export", FakeDetector(swapped))
+    metrics = report.evaluate(model, data_dir, tmp_path / "out", ReportParams(warmup_images=0))
+    assert metrics["pascal_voc_map_50"] == pytest.approx(0.0)
+    with (tmp_path / "out" / "plots" / "confusion_matrix.csv").open() as f:
+        pairs = [(r["actual"], r["predicted"]) for r in csv.DictReader(f)]
+    assert pairs.count(("circle", "square")) == 4 and pairs.count(("square", "circle")) == 3
+    assert ("circle", "circle") not in pairs
+    assert len(list((tmp_path / "out" / "images").glob("worst_*.png"))) == 4  # image 3 is empty
+
+
+def test_confusion_matrix_of_a_perfect_model_is_diagonal(perfect_report):
+    _, output = perfect_report
+    with (output / "plots" / "confusion_matrix.csv").open() as f:
+        pairs = [(r["actual"], r["predicted"]) for r in csv.DictReader(f)]
+    assert sorted(pairs) == sorted([("circle", "circle")] * 4 + [("square", "square")] * 3)
+    assert (output / "plots" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_html_report_is_self_contained(perfect_report):
+    _, output = perfect_report
+    page = (output / "report.html").read_text()
+    images = list((output / "images").glob("sample_*.png"))
+    assert len(images) == len(OBJECTS)  # sample_images 6 > 5 test images
+    assert not list((output / "images").glob("worst_*.png"))  # no errors, no worst images
+    assert page.count("data:image/png;base64,") == 2 + len(images)
+    assert "src='http" not in page and "<script" not in page
+    row = "<td>circle</td>" + "<td class='n'>1.000</td>" * 3
+    assert row in page
+
+
+def test_per_class_markdown(perfect_report):
+    _, output = perfect_report
+    lines = (output / "per_class.md").read_text().splitlines()
+    assert lines[0].startswith("| class |")
+    assert lines[2] == "| circle | 1.000 | 1.000 | 1.000 |"
+
+
+def test_saved_coco_files_rescore_to_the_reported_metrics(data_dir, tmp_path):
+    """An independent pycocotools run on the saved JSON files gives metrics.json's numbers."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    shifted = [[([b[0] + .1, b[1], b[2] + .1, b[3]], c) for b, c in o] for o in OBJECTS]
+    model = _save_model(tmp_path / "export", FakeDetector(shifted, score=0.7))
+    report.evaluate(model, data_dir, tmp_path / "out", ReportParams(warmup_images=0))
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(out / "groundtruth.json"))
+        evaluator = COCOeval(gt, gt.loadRes(str(out / "detections.json")), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    saved = json.loads((out / "metrics.json").read_text())
+    keys = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+            "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
+    assert 0 < saved["map"] < 1  # a non-trivial score, not all ones or zeros
+    for key, value in zip(keys, evaluator.stats):
+        assert saved[key] == (None if value < 0 else pytest.approx(value)), key

@@ -1,0 +1,102 @@
+"""MLflow model registry: each reported model becomes a new version; ``champion`` follows the best.
+
+The export directory is logged as an MLflow pyfunc (:class:`SavedModelDetector` wrapping
+``saved_model/``) in the model's run and registered under ``report.registered_model``. The
+version is tagged with its test ``map`` and the hash of the test split (:func:`split_hash`).
+The alias ``champion`` moves to the new version only when there is no champion yet, or the
+champion was scored on the same test split (same hash) and the new ``map`` is strictly higher;
+scores on different test splits are not comparable, so the alias then stays where it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline import tracking
+from pipeline.params import MlflowParams
+
+try:  # MLflow is a dependency of the project; the class must be importable to load models
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MAP_TAG = "test_map"
+SPLIT_TAG = "test_split_sha256"
+
+
+class SavedModelDetector(PythonModel):
+    """pyfunc: uint8 images ``[N, H, W, 3]`` in, the exporter's detection arrays out."""
+
+    def load_context(self, context) -> None:
+        import tensorflow as tf
+
+        self._model = tf.saved_model.load(context.artifacts["saved_model"])
+
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would
+        # treat them as an input schema to validate against
+        import numpy as np
+        import tensorflow as tf
+
+        detect = self._model.signatures["serving_default"]
+        outputs = [detect(input_tensor=tf.constant(np.asarray(image, np.uint8)[None]))
+                   for image in model_input]
+        return {key: np.concatenate([o[key].numpy() for o in outputs])
+                for key in ("detection_boxes", "detection_scores", "detection_classes",
+                            "num_detections")}
+
+
+def split_hash(data_dir: str | Path) -> str:
+    """SHA-256 over the test TFRecords' names and bytes: identifies the test split."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(data_dir).glob("test.tfrecord-*")):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: Path,
+             metrics: dict, test_split: str) -> dict:
+    """Log and register the model as a new version; move ``champion`` if it wins.
+
+    Returns ``{"version", "champion" (bool), "reason"}``.
+    """
+    with tracking.start_run(settings, "register", run_id=run_id) as mlflow:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=SavedModelDetector(),
+            artifacts={"saved_model": str(Path(model_dir) / "saved_model")},
+            pip_requirements=["tensorflow==2.15.1"], registered_model_name=name)
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, MAP_TAG, str(metrics["map"]))
+    client.set_model_version_tag(name, version, SPLIT_TAG, test_split)
+    promote, reason = _should_promote(client, name, metrics["map"], test_split)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    log.info("registered %s version %s (map %s); champion: %s", name, version, metrics["map"],
+             reason)
+    return {"version": version, "champion": promote, "reason": reason}
+
+
+def _should_promote(client: Any, name: str, new_map: float | None,
+                    test_split: str) -> tuple[bool, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return True, "first version with a test map: made champion"
+    if current.tags.get(SPLIT_TAG) != test_split:
+        return False, (f"champion (version {current.version}) was scored on another test split; "
+                       "alias not moved")
+    old = current.tags.get(MAP_TAG)
+    old_map = None if old in (None, "None") else float(old)
+    if new_map is not None and (old_map is None or new_map > old_map):
+        return True, f"map {new_map:.4f} beats version {current.version}'s {old_map}"
+    return False, f"map {new_map} does not beat version {current.version}'s {old_map}"

@@ -1,0 +1,68 @@
+"""MLflow model registry: a new version per model; `champion` only for a better map, same split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import registry
+from pipeline.params import MlflowParams
+
+
+class _ConstantDetector(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
+    def serve(self, input_tensor):
+        return {"detection_boxes": tf.constant([[[0.1, 0.2, 0.5, 0.6]]]),
+                "detection_scores": tf.constant([[0.9]]),
+                "detection_classes": tf.constant([[1.0]]),
+                "num_detections": tf.constant([1.0])}
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("export")
+    module = _ConstantDetector()
+    tf.saved_model.save(module, str(directory / "saved_model"),
+                        signatures={"serving_default": module.serve})
+    return directory
+
+
+@pytest.mark.slow
+def test_champion_moves_only_to_a_better_map_on_the_same_split(export_dir, tmp_path,
+                                                               monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # the default artifact root (./mlruns)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = MlflowParams(experiment="registry-test",
+                            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def register(map_value, split):
+        return registry.register(settings, "detector", None, export_dir, {"map": map_value}, split)
+
+    first = register(0.5, "A")
+    assert first["version"] == "1" and first["champion"]
+    assert not register(0.4, "A")["champion"]
+    assert not register(0.5, "A")["champion"]  # a tie does not beat the champion
+    assert register(0.6, "A")["champion"]
+    other = register(0.9, "B")
+    assert not other["champion"] and "another test split" in other["reason"]
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("detector", "champion")
+    assert str(champion.version) == "4"
+    assert champion.tags == {"test_map": "0.6", "test_split_sha256": "A"}
+    model = mlflow.pyfunc.load_model("models:/detector@champion")
+    outputs = model.predict(np.zeros((2, 32, 32, 3), np.uint8))
+    assert outputs["detection_scores"].shape == (2, 1)
+
+
+def test_split_hash_identifies_the_test_records(tmp_path):
+    (tmp_path / "test.tfrecord-00000-of-00001").write_bytes(b"abc")
+    (tmp_path / "train.tfrecord-00000-of-00001").write_bytes(b"xyz")
+    first = registry.split_hash(tmp_path)
+    (tmp_path / "train.tfrecord-00000-of-00001").write_bytes(b"changed")
+    assert registry.split_hash(tmp_path) == first  # only the test split counts
+    (tmp_path / "test.tfrecord-00000-of-00001").write_bytes(b"abd")
+    assert registry.split_hash(tmp_path) != first
