@@ -22,6 +22,7 @@ STAGES = {
     "train": ("pipeline.train", "train with the OD API's model_main_tf2"),
     "export": ("pipeline.export", "export a SavedModel with exporter_main_v2 and smoke-test it"),
     "report": ("pipeline.report", "evaluate the SavedModel on the test split (COCO metrics)"),
+    "sync-mlflow": ("pipeline.sync_mlflow", "send MLflow records a training kept locally"),
 }
 
 
