@@ -33,7 +33,7 @@ import yaml
 
 from pipeline import checkpoint_eval, compat, tracking
 from pipeline.errors import PipelineError
-from pipeline.params import Params
+from pipeline.params import Params, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
         raise PipelineError(f"pipeline config not found: {args.config} (run configure first)")
     compat.apply()
     enable_gpu_memory_growth()
-    prepare_model_dir(args.model_dir, fingerprint(args.config))
+    prepare_model_dir(args.model_dir, fingerprint(args.config, params.train))
     journal = tracking.RunJournal(params.mlflow, args.model_dir)
     if not journal.records():
         record_run_inputs(journal, args, params)
@@ -120,8 +120,9 @@ def train_with_model_main(argv: list[str]) -> None:
 # --- resume or start fresh ----------------------------------------------------------------------
 
 
-def fingerprint(config: Path) -> dict[str, str]:
-    """Hashes of what the checkpoints depend on: model graph, classes, train config, train data."""
+def fingerprint(config: Path, train: TrainParams | None = None) -> dict[str, str]:
+    """Hashes of what the checkpoints depend on: model graph, classes, train config, train data,
+    and the train params that shape the run (seed, evaluation steps, best metric)."""
     from object_detection.utils import config_util
 
     configs = config_util.get_configs_from_pipeline_file(str(config))
@@ -135,6 +136,9 @@ def fingerprint(config: Path) -> dict[str, str]:
         "train_config": str(configs["train_config"]),
         "train_data": "\n".join(f"{p.name} {p.stat().st_size}" for p in train_files),
     }
+    if train is not None:
+        parts["train_params"] = (f"seed={train.seed} eval_every_n={train.eval_every_n} "
+                                 f"best_metric={train.best_metric}")
     return {name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in parts.items()}
 
 

@@ -111,6 +111,8 @@ def test_fingerprint_changes_with_the_model_and_the_classes_not_with_nothing(tmp
     label_map.write_text("item { id: 1 name: 'b' }\n")
     changed = train.fingerprint(config)
     assert changed["label_map"] != first["label_map"] and changed["model"] == first["model"]
+    seeded = train.fingerprint(config, TrainParams(seed=1))
+    assert seeded["train_params"] != train.fingerprint(config, TrainParams(seed=2))["train_params"]
 
 
 def test_monitor_stops_on_nan_and_inf_and_remembers_the_step(tmp_path):
