@@ -72,13 +72,7 @@ def start_run(settings: MlflowParams, stage: str, run_id: str | None = None) -> 
 
 
 def _run_exists(mlflow, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.get_run(run_id)
-    except MlflowException:
-        return False
-    return True
+    return _client_has_run(mlflow, run_id)
 
 
 def flatten_params(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -242,12 +236,15 @@ class RunJournal:
 
 
 def _client_has_run(client, run_id: str) -> bool:
+    """Whether the store knows ``run_id``; other errors (server unreachable) propagate."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_run(run_id)
-    except MlflowException:
-        return False
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
     return True
 
 

@@ -235,9 +235,12 @@ def test_tracking_server_dies_mid_run_training_finishes_and_every_metric_is_reco
 
     server, url = start_mlflow_server(tmp_path)
     try:
-        sync = run([sys.executable, "-m", "pipeline", "sync-mlflow", "--params",
-                    "params_remote.yaml", "--model-dir", "models/remote"], project, check=False)
+        sync = subprocess.run([sys.executable, "-m", "pipeline", "sync-mlflow", "--params",
+                               "params_remote.yaml", "--model-dir", "models/remote"],
+                              cwd=project, env=environment(MLFLOW_TRACKING_URI=url),
+                              capture_output=True, text=True, timeout=600)
         assert sync.returncode == 0, sync.stderr[-3000:]
+        assert f"sent to {url}, run {run_id}" in sync.stdout
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(url)
