@@ -9,14 +9,11 @@ tracking server was down) stay there. This command sends them to the tracking se
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from pipeline import tracking
 from pipeline.errors import PipelineError
 from pipeline.params import Params
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
