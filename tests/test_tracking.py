@@ -100,3 +100,14 @@ def test_journal_replaces_characters_mlflow_refuses(settings, tmp_path):
     journal = tracking.RunJournal(settings, tmp_path)
     journal.metrics([("eval/DetectionBoxes_Precision/mAP@.50IOU", 5, 0.5)])
     assert journal.metric_steps() == {("eval/DetectionBoxes_Precision/mAP_.50IOU", 5)}
+
+
+def test_sync_mlflow_without_a_journal_is_a_one_line_error(tmp_path, capsys):
+    from pathlib import Path
+
+    from pipeline import cli
+
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert cli.main(["sync-mlflow", "--params", str(params), "--model-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: sync-mlflow: no MLflow journal in {tmp_path} (mlflow_journal.jsonl)\n")
