@@ -147,7 +147,7 @@ def provide_pillow_font_getsize() -> None:
 # ``global_step % block == 0``. So the block must divide the restored step as well as
 # train_steps (and checkpoint_every_n, so that checkpoints land on schedule): the wrapper uses
 # the largest divisor <= 10 of their gcd; blocks of at most 10 steps also give the loss curves a
-# point every 10 steps. Each save also flushes the event files, so that a crash never leaves
+# point every 10 steps. Each save flushes the event files first, so that a crash never leaves
 # a checkpoint whose curve up to that step is lost (the writer flushes every 120 s otherwise).
 
 
@@ -165,9 +165,10 @@ def save_final_checkpoint_after_train_loop() -> None:
         last_saved_step = None
 
         def save(self, *args, **kwargs):
+            # Events first: once a checkpoint is listed, its curve is on disk.
+            tf.compat.v2.summary.flush()
             path = super().save(*args, **kwargs)
             self.last_saved_step = _step(self)
-            tf.compat.v2.summary.flush()
             return path
 
     def train_loop(*args, **kwargs):
