@@ -113,7 +113,7 @@ class TrainParams:
     checkpoint_every_n: int = field(default=200, metadata=_rng(1, 10_000_000))
     max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
     seed: int = field(default=0, metadata=_rng(0, 2**31 - 1))
-    eval_every_n: int = field(default=200, metadata=_rng(0, 10_000_000))
+    eval_every_n: int = field(default=400, metadata=_rng(0, 10_000_000))
     best_metric: Literal["map", "map_50", "map_75", "mar_100", "val_loss"] = "map"
     num_workers: int = field(default=1, metadata=_rng(1, 10_000))
     tpu_name: str = ""
