@@ -191,7 +191,10 @@ class SegmentedTraining:
             self.evaluate(start)  # interrupted between its checkpoint and its evaluation
         monitor = TrainMonitor(train.num_steps, train.batch_size, self.model_dir,
                                self.args.progress_every)
-        compat.observe_train_steps(monitor)
+        if train.tpu_name:  # the per-step callback is a tf.py_function, which TPUs cannot run
+            log.warning("on a TPU there is no per-step progress and no NaN/Inf guard")
+        else:
+            compat.observe_train_steps(monitor)
         for end in segment_ends(start, train.num_steps, train.eval_every_n):
             self.train_to(end, monitor)
             self.evaluate(end)
