@@ -23,6 +23,7 @@ STAGES = {
     "export": ("pipeline.export", "export a SavedModel, verify it against the checkpoint, TFLite"),
     "report": ("pipeline.report", "test-set metrics, plots, HTML report; register the model"),
     "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
+    "sync-mlflow": ("pipeline.sync_mlflow", "send MLflow records a training kept locally"),
 }
 
 

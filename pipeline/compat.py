@@ -7,6 +7,7 @@ Every shim is idempotent, says which upstream problem it works around and how to
 from __future__ import annotations
 
 import ast
+import math
 import importlib.abc
 import importlib.machinery
 import sys
@@ -141,6 +142,13 @@ def provide_pillow_font_getsize() -> None:
 # Shim: a CheckpointManager that remembers the step it last saved, and a train_loop wrapper
 # that picks a block size dividing num_steps and saves once more after the loop when the final
 # step is not saved yet. Drop when train_loop does both itself.
+# Resuming: train_loop restores the latest checkpoint in model_dir and runs
+# ``range(restored_step, train_steps, block)``; its summaries are recorded only when
+# ``global_step % block == 0``. So the block must divide the restored step as well as
+# train_steps (and checkpoint_every_n, so that checkpoints land on schedule): the wrapper uses
+# the largest divisor <= 10 of their gcd; blocks of at most 10 steps also give the loss curves a
+# point every 10 steps. Each save flushes the event files first, so that a crash never leaves
+# a checkpoint whose curve up to that step is lost (the writer flushes every 120 s otherwise).
 
 
 def save_final_checkpoint_after_train_loop() -> None:
@@ -157,6 +165,8 @@ def save_final_checkpoint_after_train_loop() -> None:
         last_saved_step = None
 
         def save(self, *args, **kwargs):
+            # Events first: once a checkpoint is listed, its curve is on disk.
+            tf.compat.v2.summary.flush()
             path = super().save(*args, **kwargs)
             self.last_saved_step = _step(self)
             return path
@@ -164,7 +174,10 @@ def save_final_checkpoint_after_train_loop() -> None:
     def train_loop(*args, **kwargs):
         without_autotune_model_thread(model_lib_v2.inputs)
         if kwargs.get("train_steps") and "num_steps_per_iteration" not in kwargs:
-            kwargs["num_steps_per_iteration"] = steps_per_iteration(kwargs["train_steps"])
+            kwargs["num_steps_per_iteration"] = resume_block_size(
+                kwargs["train_steps"], checkpoint_step(kwargs.get("model_dir")),
+                kwargs.get("checkpoint_every_n", 1000))
+        managers.clear()  # the managers of an earlier train_loop call in this process
         tf.compat.v2.train.CheckpointManager = RecordingCheckpointManager
         try:
             result = original_train_loop(*args, **kwargs)
@@ -191,6 +204,19 @@ def save_final_checkpoint_after_train_loop() -> None:
 def steps_per_iteration(num_steps: int, limit: int = 100) -> int:
     """The largest block size <= ``limit`` that divides ``num_steps`` (1 at worst)."""
     return max(k for k in range(1, min(limit, num_steps) + 1) if num_steps % k == 0)
+
+
+def resume_block_size(train_steps: int, restored_step: int, checkpoint_every_n: int) -> int:
+    """Steps per ``train_loop`` block when resuming at ``restored_step`` (see above)."""
+    return steps_per_iteration(math.gcd(train_steps, restored_step, checkpoint_every_n), limit=10)
+
+
+def checkpoint_step(model_dir) -> int:
+    """The global step of the latest checkpoint in ``model_dir`` (0 when there is none)."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(model_dir)) if model_dir else None
+    return int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
 
 
 # --- 5. tf.data teardown stall ----------------------------------------------------------------
@@ -220,7 +246,46 @@ def without_autotune_model_thread(inputs_module) -> None:
     inputs_module.train_input = train_input
 
 
-# --- 6. NumPy aliases removed in 1.24, used by the OD API's Pascal VOC metrics --------------------
+# --- 6. Per-step callback -----------------------------------------------------------------------
+# Problem: ``model_lib_v2.train_loop`` has no hook: it logs every 100 steps, and a NaN or Inf loss
+# is trained on (and checkpointed) silently. Shim: wrap the module's ``eager_train_step``, which
+# the loop looks up at trace time, so that each step's total loss and global step are handed to
+# a Python callback (through ``tf.py_function``, so not on TPU). The callback may raise to stop
+# training: the error surfaces from ``train_loop`` before the next checkpoint is written.
+# Drop when train_loop accepts callbacks (or a Keras-style training loop replaces it).
+
+_train_step_callback = None
+
+
+def observe_train_steps(callback) -> None:
+    """Call ``callback(step, total_loss)`` with Python numbers after every training step."""
+    global _train_step_callback
+    import tensorflow as tf
+    from object_detection import model_lib_v2
+
+    _train_step_callback = callback
+    if getattr(model_lib_v2.eager_train_step, "_observed", False):
+        return
+    original = model_lib_v2.eager_train_step
+
+    def notify(step, loss):
+        if _train_step_callback is not None:
+            _train_step_callback(int(step), float(loss))
+        return True
+
+    def eager_train_step(*args, **kwargs):
+        losses = original(*args, **kwargs)
+        # training_step is read before train_loop's assign_add: the step just done is +1.
+        done = tf.py_function(notify, [kwargs["training_step"] + 1,
+                                       losses["Loss/total_loss"]], Tout=tf.bool)
+        with tf.control_dependencies([done]):
+            return {key: tf.identity(value) for key, value in losses.items()}
+
+    eager_train_step._observed = True
+    model_lib_v2.eager_train_step = eager_train_step
+
+
+# --- 7. NumPy aliases removed in 1.24, used by the OD API's Pascal VOC metrics --------------------
 # Problem: ``object_detection/utils/metrics.py`` compares dtypes with ``np.float`` and ``np.bool``,
 # aliases NumPy 1.24 removed, so ``PascalDetectionEvaluator.evaluate()`` raises AttributeError.
 # Shim: that one module's ``np`` is replaced by a proxy of NumPy that also has the two aliases

@@ -145,8 +145,15 @@ class TrainParams:
     max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
     augmentations: tuple[str, ...] = ()
     seed: int = field(default=0, metadata=_rng(0, 2**31 - 1))
+    eval_every_n: int = field(default=400, metadata=_rng(0, 10_000_000))
+    best_metric: Literal["map", "map_50", "map_75", "mar_100", "val_loss"] = "map"
+    num_workers: int = field(default=1, metadata=_rng(1, 10_000))
+    tpu_name: str = ""
 
     def check(self) -> None:
+        if self.num_workers > 1 and self.tpu_name:
+            raise ParamsError("train.num_workers > 1 and train.tpu_name are exclusive: "
+                              "model_main_tf2 trains either on a TPU or on several workers")
         if self.warmup_steps >= self.num_steps:
             raise ParamsError(
                 f"train.warmup_steps must be smaller than train.num_steps ({self.num_steps}), "
@@ -201,6 +208,8 @@ class MlflowParams:
 
     experiment: str = "object-detection"
     tracking_uri: str = "sqlite:///mlflow.db"
+    http_max_retries: int = field(default=2, metadata=_rng(0, 20))
+    http_timeout_s: int = field(default=10, metadata=_rng(1, 600))
 
 
 @dataclass(frozen=True)

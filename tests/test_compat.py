@@ -42,3 +42,17 @@ def test_tf_slim_control_flow_names_are_provided():
                                              (101, 1), (1, 1)])
 def test_steps_per_iteration_divides_num_steps(steps, expected):
     assert compat.steps_per_iteration(steps) == expected
+
+
+@pytest.mark.parametrize("train_steps, restored, every_n, expected", [
+    (800, 0, 200, 10), (30, 12, 1000, 2), (30, 12, 6, 6), (40, 10, 10, 10), (25, 0, 1000, 5), (97, 0, 1000, 1),
+])
+def test_resume_block_divides_the_restored_step_the_target_and_the_checkpoint_interval(
+        train_steps, restored, every_n, expected):
+    block = compat.resume_block_size(train_steps, restored, every_n)
+    assert block == expected
+    assert train_steps % block == 0 and restored % block == 0 and every_n % block == 0
+
+
+def test_checkpoint_step_is_zero_without_checkpoints(tmp_path):
+    assert compat.checkpoint_step(tmp_path) == 0

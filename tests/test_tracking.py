@@ -47,3 +47,67 @@ def test_flatten_params_names_keys_by_section():
     assert flat["train.batch_size"] == 16
     assert flat["sample.classes"] == ["circle", "square", "triangle"]
     assert not any(k.startswith("model.") for k in flat)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_journal_keeps_records_when_the_server_is_unreachable_and_sends_them_later(
+        settings, tmp_path, monkeypatch):
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.delenv(name, raising=False)
+    down = MlflowParams(experiment="t", tracking_uri=f"http://127.0.0.1:{_closed_port()}",
+                        http_max_retries=1, http_timeout_s=2)
+    journal = tracking.RunJournal(down, tmp_path / "train")
+    journal.params({"train.batch_size": 4})
+    journal.tags({"model.name": "m"})
+    journal.metrics([("train/Loss/total_loss", 10, 2.0), ("train/Loss/total_loss", 20, 1.0)])
+    (tmp_path / "a.json").write_text("{}")
+    journal.artifact(tmp_path / "a.json", "eval")
+    journal.status("FINISHED")
+    started = time.monotonic()
+    assert journal.send() is False
+    assert time.monotonic() - started < 30  # bounded retries, not MLflow's minutes of backoff
+    assert len(journal.records()) == 6 and journal.sent_count() == 0
+
+    up = tracking.RunJournal(settings, tmp_path / "train")
+    assert up.send() is True
+    run_id = tracking.read_run_file(tmp_path / "train")
+    client = MlflowClient(settings.tracking_uri)
+    history = client.get_metric_history(run_id, "train/Loss/total_loss")
+    assert [(m.step, m.value) for m in history] == [(10, 2.0), (20, 1.0)]
+    run = client.get_run(run_id)
+    assert run.data.params == {"train.batch_size": "4"}
+    assert run.data.tags["model.name"] == "m" and run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/a.json"]
+    up.metrics([("train/Loss/total_loss", 20, 5.0), ("train/Loss/total_loss", 30, 0.5)])
+    assert up.send() is True
+    history = client.get_metric_history(run_id, "train/Loss/total_loss")
+    assert [(m.step, m.value) for m in history] == [(10, 2.0), (20, 1.0), (30, 0.5)]
+
+
+def test_journal_replaces_characters_mlflow_refuses(settings, tmp_path):
+    journal = tracking.RunJournal(settings, tmp_path)
+    journal.metrics([("eval/DetectionBoxes_Precision/mAP@.50IOU", 5, 0.5)])
+    assert journal.metric_steps() == {("eval/DetectionBoxes_Precision/mAP_.50IOU", 5)}
+
+
+def test_sync_mlflow_without_a_journal_is_a_one_line_error(tmp_path, capsys):
+    from pathlib import Path
+
+    from pipeline import cli
+
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert cli.main(["sync-mlflow", "--params", str(params), "--model-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: sync-mlflow: no MLflow journal in {tmp_path} (mlflow_journal.jsonl)\n")
