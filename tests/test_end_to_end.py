@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,11 +49,26 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+GIT_IDENTITY = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
+    """The miniature project after a full `dvc repro`, committed to git (as a user's would be;
+    `dvc exp run` needs it)."""
     project = make_project(tmp_path_factory.mktemp("e2e") / "proj", MINI_PARAMS)
-    run(["dvc", "repro"], project)
+    run(["git", "init", "-q"], project)
+    run(["dvc", "config", "core.no_scm", "false"], project)
+    (project / ".gitignore").write_text("mlflow.db\nmlruns/\n")
+    assert stages_run(run(["dvc", "repro"], project).stdout) == {
+        "sample", "convert", "configure", "train", "export", "report"}
+    run(["git", "add", "-A"], project)
+    run(["git", *GIT_IDENTITY, "commit", "-qm", "baseline"], project)
     return project
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 pytestmark = pytest.mark.slow
@@ -171,3 +187,55 @@ def test_bad_params_stop_dvc_repro_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "train.batch_size must be of type int, got 'sixteen' (str)" in result.stderr
     assert not (project / "data").exists()
+
+
+# --- switching the model (runs last: it changes the project's outputs) -------------------------
+
+OTHER_MODEL = "ssd_mobilenet_v2_320"
+
+
+def test_switching_the_model_reruns_configure_train_export_report_only(project, monkeypatch):
+    for var in ("AUTHOR", "COMMITTER"):  # dvc exp run commits the experiment
+        monkeypatch.setenv(f"GIT_{var}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{var}_EMAIL", "test@example.com")
+    sample_before = (project / "data/sample").stat().st_mtime_ns
+    status = json.loads(run(["dvc", "status", "--json", "configure"], project).stdout)
+    assert status == {}
+    result = run(["dvc", "exp", "run", "-S", f"model.name={OTHER_MODEL}"], project)
+    assert stages_run(result.stdout) == {"configure", "train", "export", "report"}
+    assert (project / "data/sample").stat().st_mtime_ns == sample_before
+    config = (project / "models/pipeline.config").read_text()
+    assert "ssd_mobilenet_v2_keras" in config and "ssd_mobilenet_v2_fpn_keras" not in config
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    names = {params_of(row).get("model", {}).get("name") for row in flatten(shown)}
+    assert {"ssd_mobilenet_v2_fpnlite_cpu", OTHER_MODEL} <= names
+
+
+def test_the_new_train_run_logs_the_resolved_pipeline_config(project):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("object-detection")
+    runs = client.search_runs([experiment.experiment_id], "tags.`pipeline.stage` = 'train'",
+                              order_by=["attributes.start_time DESC"])
+    assert [r.data.tags["model.name"] for r in runs] == [OTHER_MODEL,
+                                                         "ssd_mobilenet_v2_fpnlite_cpu"]
+    logged = Path(client.download_artifacts(runs[0].info.run_id, "pipeline.config",
+                                            str(project / "downloaded")))
+    assert logged.read_text() == (project / "models/pipeline.config").read_text()
+
+
+def flatten(shown) -> list[dict]:
+    """Every row (baseline and experiments) of `dvc exp show --json`, whatever its nesting."""
+    rows = []
+    for entry in shown if isinstance(shown, list) else [shown]:
+        rows.append(entry)
+        for child in entry.get("experiments") or []:
+            rows.extend(flatten(child.get("revs") or [child]))
+    return rows
+
+
+def params_of(row: dict) -> dict:
+    data = (row.get("data") or {}).get("params") or {}
+    return (data.get("params.yaml") or {}).get("data") or {}
