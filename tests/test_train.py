@@ -2,6 +2,8 @@
 import json
 import logging
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -18,20 +20,34 @@ def test_default_argv_lets_model_main_use_mirrored_strategy_on_local_devices(tmp
     assert not any(a.startswith(("--use_tpu", "--tpu_name")) for a in argv)
 
 
+# model_main_tf2's absl flags clash with exporter_main_v2's (both define pipeline_config_path),
+# so they are parsed in a fresh interpreter, as the train stage's own process does.
+_PARSE_MODEL_MAIN_FLAGS = """
+import json, sys
+from pipeline import compat
+compat.apply()
+from absl import flags
+from object_detection import model_main_tf2  # noqa: F401 - defines the flags
+flags.FLAGS(json.loads(sys.argv[1]))
+print(json.dumps({k: flags.FLAGS[k].value for k in ("num_workers", "use_tpu", "tpu_name",
+                                                      "num_train_steps")}))
+"""
+
+
+def parsed_model_main_flags(argv: list[str]) -> dict:
+    result = subprocess.run([sys.executable, "-c", _PARSE_MODEL_MAIN_FLAGS, json.dumps(argv)],
+                            capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_workers_and_tpu_become_model_main_flags_it_parses(tmp_path):
-    from pipeline import compat
-
-    compat.apply()
-    from absl import flags
-    from object_detection import model_main_tf2  # noqa: F401 - defines the flags
-
     argv = train.model_main_argv(tmp_path / "p.config", tmp_path / "m", 10, 5, num_workers=4)
-    flags.FLAGS(argv)
-    assert flags.FLAGS.num_workers == 4 and not flags.FLAGS.use_tpu
+    parsed = parsed_model_main_flags(argv)
+    assert parsed["num_workers"] == 4 and not parsed["use_tpu"]
     argv = train.model_main_argv(tmp_path / "p.config", tmp_path / "m", 10, 5, tpu_name="tpu-1")
-    flags.FLAGS(argv)
-    assert flags.FLAGS.use_tpu and flags.FLAGS.tpu_name == "tpu-1"
-    assert flags.FLAGS.num_train_steps == 10
+    parsed = parsed_model_main_flags(argv)
+    assert parsed["use_tpu"] and parsed["tpu_name"] == "tpu-1"
+    assert parsed["num_train_steps"] == 10
 
 
 def test_workers_and_tpu_are_exclusive_in_params():
