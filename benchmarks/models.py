@@ -57,13 +57,25 @@ def run_worker(args: argparse.Namespace) -> None:
     """Train ``args.config`` for ``args.steps`` steps; print the call's wall seconds as JSON."""
     start = time.perf_counter()
     if args.worker == "stage":
-        from pipeline.train import train_with_model_main
-
-        train_with_model_main(args.config, args.model_dir, args.steps, checkpoint_every(args))
+        train_stage_segment(args.config, args.model_dir, args.steps, checkpoint_every(args),
+                            args.compare_batch_size)
     else:
         bare_train_loop(args.config, args.model_dir, args.steps, args.per_iteration,
                         stage_input=args.worker == "loop")
     print(json.dumps({"wall_seconds": time.perf_counter() - start}))
+
+
+def train_stage_segment(config: Path, model_dir: Path, steps: int, every_n: int,
+                        batch_size: int) -> None:
+    """One training segment as the train stage runs it: its per-step monitor (progress, NaN/Inf
+    guard) installed, ``model_main_tf2`` called with the stage's flags."""
+    from pipeline import compat
+    from pipeline.train import TrainMonitor, model_main_argv, train_with_model_main
+
+    compat.apply()
+    monitor = TrainMonitor(steps, batch_size, model_dir, 10.0)
+    compat.observe_train_steps(monitor)
+    train_with_model_main(model_main_argv(config, model_dir, steps, every_n))
 
 
 def checkpoint_every(args: argparse.Namespace) -> int:
