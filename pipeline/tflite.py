@@ -194,5 +194,7 @@ def outputs_by_meaning(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     # TFLite_Detection_PostProcess returns boxes, classes, scores, num_detections; the
     # signature lists them in reverse: output_0 = num_detections ... output_3 = boxes.
     num, scores, classes, boxes = (outputs[f"output_{i}"] for i in range(4))
-    return {"detection_boxes": boxes, "detection_scores": scores,
+    # TFLite_Detection_PostProcess does not clip decoded boxes to the image, the SavedModel's
+    # post-processing does: clip here so both are scored (and compared) alike.
+    return {"detection_boxes": np.clip(boxes, 0.0, 1.0), "detection_scores": scores,
             "detection_classes": classes + 1.0, "num_detections": num}

@@ -157,3 +157,17 @@ def test_export_params_reject_unknown_tflite_precision():
 
     with pytest.raises(ParamsError, match="export.tflite"):
         params_from_dict({"export": {"tflite": ["float64"]}})
+
+
+def test_tflite_outputs_are_named_and_boxes_clipped_like_the_saved_model():
+    # TFLite_Detection_PostProcess leaves decoded boxes past the image edge (seen: ymax 1.125
+    # where the SavedModel gives 1.0); the report scores both, so both must be clipped alike.
+    raw = {"output_0": np.array([2.0]), "output_1": np.array([[0.9, 0.4]]),
+           "output_2": np.array([[0.0, 2.0]]),
+           "output_3": np.array([[[-0.1, 0.2, 0.5, 1.125], [0.1, 0.2, 0.3, 0.4]]])}
+    named = tflite.outputs_by_meaning(raw)
+    np.testing.assert_allclose(named["detection_boxes"],
+                               [[[0.0, 0.2, 0.5, 1.0], [0.1, 0.2, 0.3, 0.4]]])
+    np.testing.assert_array_equal(named["detection_classes"], [[1.0, 3.0]])
+    np.testing.assert_array_equal(named["detection_scores"], [[0.9, 0.4]])
+    assert named["num_detections"][0] == 2.0
