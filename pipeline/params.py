@@ -228,14 +228,18 @@ class Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read, type-check and validate params.yaml; raise :class:`ParamsError` on any problem."""
-    path = Path(path)
+    return params_from_dict(read_yaml(Path(path), "params file"))
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The parsed YAML file (``{}`` when empty); ParamsError naming ``what`` if it is missing
+    or not valid YAML."""
     if not path.is_file():
-        raise ParamsError(f"params file not found: {path}")
+        raise ParamsError(f"{what} not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from err
-    return params_from_dict(raw)
 
 
 def params_from_dict(raw: Any) -> Params:

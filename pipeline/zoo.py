@@ -12,9 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from pipeline.params import CONFIGS_DIR, ParamsError, build_dataclass
+from pipeline.params import CONFIGS_DIR, ParamsError, build_dataclass, read_yaml
 
 MODELS_FILE = CONFIGS_DIR / "models.yaml"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -48,12 +46,7 @@ def load_specs(path: Path = MODELS_FILE) -> dict[str, ModelSpec]:
 
 @functools.lru_cache(maxsize=4)
 def _load_specs_cached(path: Path, _mtime: int) -> tuple[tuple[str, ModelSpec], ...]:
-    if not path.is_file():
-        raise ParamsError(f"model list not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+    raw = read_yaml(path, "model list")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must map template names to their facts")
     specs = []
