@@ -198,7 +198,15 @@ def save_final_checkpoint_after_train_loop() -> None:
     RecordingCheckpointManager.__init__ = recording_init
     original_train_loop = model_lib_v2.train_loop
     train_loop._saves_final_step = True
+    train_loop.od_api_original = original_train_loop
     model_lib_v2.train_loop = train_loop
+
+
+def od_api_original(function):
+    """The OD API's own function under the wrappers of shims 4-6 (for comparisons with it)."""
+    while hasattr(function, "od_api_original"):
+        function = function.od_api_original
+    return function
 
 
 def steps_per_iteration(num_steps: int, limit: int = 100) -> int:
@@ -243,27 +251,32 @@ def without_autotune_model_thread(inputs_module) -> None:
         return original(*args, **kwargs).with_options(options)
 
     train_input._without_autotune = True
+    train_input.od_api_original = original
     inputs_module.train_input = train_input
 
 
 # --- 6. Per-step callback -----------------------------------------------------------------------
 # Problem: ``model_lib_v2.train_loop`` has no hook: it logs every 100 steps, and a NaN or Inf loss
 # is trained on (and checkpointed) silently. Shim: wrap the module's ``eager_train_step``, which
-# the loop looks up at trace time, so that each step's total loss and global step are handed to
-# a Python callback (through ``tf.py_function``, so not on TPU). The callback may raise to stop
-# training: the error surfaces from ``train_loop`` before the next checkpoint is written.
+# the loop looks up at trace time, so that the total loss and global step are handed to a Python
+# callback (through ``tf.py_function``, so not on TPU). The loss is checked in the graph after
+# every step; Python is called only every ``every_n`` steps and at once on a NaN or Inf loss, so
+# that the host is not synchronised with the device after every step. The callback may raise to
+# stop training: the error surfaces from ``train_loop`` before the next checkpoint is written.
 # Drop when train_loop accepts callbacks (or a Keras-style training loop replaces it).
 
 _train_step_callback = None
+_callback_every_n = 10
 
 
-def observe_train_steps(callback) -> None:
-    """Call ``callback(step, total_loss)`` with Python numbers after every training step."""
-    global _train_step_callback
+def observe_train_steps(callback, every_n: int = 10) -> None:
+    """Call ``callback(step, total_loss)`` with Python numbers after every ``every_n``-th
+    training step, and after any step whose total loss is NaN or infinite."""
+    global _train_step_callback, _callback_every_n
     import tensorflow as tf
     from object_detection import model_lib_v2
 
-    _train_step_callback = callback
+    _train_step_callback, _callback_every_n = callback, every_n
     if getattr(model_lib_v2.eager_train_step, "_observed", False):
         return
     original = model_lib_v2.eager_train_step
@@ -276,12 +289,16 @@ def observe_train_steps(callback) -> None:
     def eager_train_step(*args, **kwargs):
         losses = original(*args, **kwargs)
         # training_step is read before train_loop's assign_add: the step just done is +1.
-        done = tf.py_function(notify, [kwargs["training_step"] + 1,
-                                       losses["Loss/total_loss"]], Tout=tf.bool)
+        step, loss = kwargs["training_step"] + 1, losses["Loss/total_loss"]
+        wanted = tf.logical_or(tf.equal(step % _callback_every_n, 0),
+                               tf.logical_not(tf.math.is_finite(loss)))
+        done = tf.cond(wanted, lambda: tf.py_function(notify, [step, loss], Tout=tf.bool),
+                       lambda: tf.constant(True))
         with tf.control_dependencies([done]):
             return {key: tf.identity(value) for key, value in losses.items()}
 
     eager_train_step._observed = True
+    eager_train_step.od_api_original = original
     model_lib_v2.eager_train_step = eager_train_step
 
 

@@ -193,8 +193,8 @@ class SegmentedTraining:
                                self.args.progress_every)
         if train.tpu_name:  # the per-step callback is a tf.py_function, which TPUs cannot run
             log.warning("on a TPU there is no per-step progress and no NaN/Inf guard")
-        else:
-            compat.observe_train_steps(monitor)
+        else:  # Python every 10 steps (any NaN/Inf at once); every step if asked for
+            compat.observe_train_steps(monitor, every_n=1 if not self.args.progress_every else 10)
         for end in segment_ends(start, train.num_steps, train.eval_every_n):
             self.train_to(end, monitor)
             self.evaluate(end)
