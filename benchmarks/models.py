@@ -55,7 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--per-iteration", type=int, default=1, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup_steps >= args.compare_steps:
+        parser.error("--rounds must be >= 1 and --warmup-steps below --compare-steps")
+    return args
 
 
 # --- workers (run in their own process) --------------------------------------------------------

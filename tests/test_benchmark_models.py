@@ -21,16 +21,16 @@ def bench():
 
 
 @pytest.fixture
-def model_lib_v2():
+def model_lib_v2(bench):
     """The OD API's training module; the functions the test replaces are put back after it."""
     from pipeline import compat
 
     compat.apply()
     from object_detection import model_lib_v2 as module
 
-    saved = (module.train_loop, module.eager_train_step, module.inputs.train_input)
+    saved = bench.od_api_training_functions(module)
     yield module
-    module.train_loop, module.eager_train_step, module.inputs.train_input = saved
+    bench.restore_training_functions(module, saved)
 
 
 def test_the_bare_side_runs_the_od_api_functions_without_the_stage_wrappers(bench,
