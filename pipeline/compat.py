@@ -1,18 +1,26 @@
 """Compatibility shims between the TF2 Object Detection API (PyPI ``tf-models-research-object-
-detection`` 2.8.0.post1) and the rest of the pinned stack (TensorFlow 2.15, protobuf 4.25).
+detection`` 2.8.0.post1) and the rest of the locked stack (TensorFlow 2.21 with tf-keras,
+protobuf 6, NumPy 2; see ``requirements/``).
 
-Nothing happens at import time: call :func:`apply` before importing ``object_detection``.
-Every shim is idempotent, says which upstream problem it works around and how to drop it.
+Nothing happens at import time but shim 0, which only sets an environment variable (the
+``pipeline`` package calls it first thing): call :func:`apply` before importing
+``object_detection``. Every shim is idempotent, says which upstream problem it works around and
+when to drop it.
 """
 from __future__ import annotations
 
 import ast
-import math
 import importlib.abc
 import importlib.machinery
+import importlib.util
+import math
+import os
 import sys
 import threading
+import types
 from pathlib import Path
+
+from pipeline.errors import PipelineError
 
 _applied = False
 _lock = threading.Lock()
@@ -24,10 +32,43 @@ def apply() -> None:
     with _lock:
         if _applied:
             return
+        use_legacy_keras()
+        require_legacy_keras()
         install_proto_descriptor_loader()
         provide_tf_slim_control_flow()
         provide_pillow_font_getsize()
+        provide_estimator_mode_keys()
+        provide_tensorflow_io_placeholder()
         _applied = True
+
+
+# --- 0. Keras 2 ---------------------------------------------------------------------------------
+# Problem: from TensorFlow 2.16 ``tf.keras`` is Keras 3, and the OD API (written for Keras 2:
+# ``tf.keras.layers.experimental``, ``tf.keras.backend.get_session`` ...) fails at import.
+# TensorFlow serves Keras 2 from the ``tf_keras`` package as ``tf.keras`` when
+# TF_USE_LEGACY_KERAS=1 is set before TensorFlow is first imported. The ``pipeline`` package
+# sets it when it is imported (child processes, Beam workers and DVC's stage commands inherit
+# it); :func:`require_legacy_keras` refuses to run a stage when TensorFlow was imported first.
+# Drop when the OD API runs on Keras 3 (it has no such release).
+
+LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
+
+
+def use_legacy_keras() -> None:
+    """Ask TensorFlow for Keras 2 (``tf_keras``) as ``tf.keras``; cheap, imports nothing."""
+    os.environ[LEGACY_KERAS] = "1"
+
+
+def require_legacy_keras() -> None:
+    """Raise a clear error when ``tf.keras`` is Keras 3 (TensorFlow imported too early)."""
+    import tensorflow as tf
+
+    version = str(getattr(tf.keras, "__version__", ""))  # tf_keras has none
+    if not (tf.keras.__name__.startswith("tf_keras") or version.startswith("2.")):
+        raise PipelineError(
+            f"tf.keras is Keras {version}, but the Object Detection API needs Keras 2 "
+            f"(tf-keras): TensorFlow was imported before {LEGACY_KERAS}=1 was set. Import "
+            "`pipeline` before `tensorflow`, or start the process through `python -m pipeline`.")
 
 
 # --- 1. Protobuf descriptors ------------------------------------------------------------------
@@ -326,3 +367,69 @@ def numpy_aliases_for_od_metrics() -> None:
 
     if not isinstance(metrics.np, _NumpyWithRemovedAliases):
         metrics.np = _NumpyWithRemovedAliases()
+
+
+# --- 8. tf.estimator removed ---------------------------------------------------------------------
+# Problem: TensorFlow 2.16 removed ``tensorflow.compat.v1.estimator``, but the OD API's
+# ``inputs.py`` and ``model_lib.py`` import it at module level (``model_lib_v2`` imports both).
+# TF2 training and export never use it; only ``model_lib``'s TF1 Estimator paths read
+# ``ModeKeys`` and build Estimators.
+# Shim: where TensorFlow has no estimator, a stand-in module with the ``ModeKeys`` constants;
+# any other attribute raises an error that names the cause. Drop when the OD API stops
+# importing the estimator in its TF2 code paths.
+
+
+class _EstimatorModeKeys:
+    TRAIN = "train"
+    EVAL = "eval"
+    PREDICT = "infer"
+
+
+def _missing_estimator_attribute(name: str):
+    raise AttributeError(
+        f"tf.estimator.{name}: TensorFlow >= 2.16 has no Estimator; the Object Detection API's "
+        "TF1 Estimator code paths (model_main.py, model_tpu_main.py) cannot run on this stack")
+
+
+def provide_estimator_mode_keys() -> None:
+    """Make ``from tensorflow.compat.v1 import estimator`` work where TensorFlow lacks it."""
+    import tensorflow.compat.v1 as tf_v1
+
+    if "tensorflow.compat.v1.estimator" in sys.modules:
+        return
+    try:
+        tf_v1.estimator  # noqa: B018 -- present on TensorFlow < 2.16
+        return
+    except AttributeError:
+        pass
+    stand_in = types.ModuleType("tensorflow.compat.v1.estimator",
+                                "Stand-in for the removed tf.estimator (pipeline.compat shim 8)")
+    stand_in.ModeKeys = _EstimatorModeKeys
+    stand_in.__getattr__ = _missing_estimator_attribute
+    sys.modules[stand_in.__name__] = stand_in
+
+
+# --- 9. tensorflow_io -----------------------------------------------------------------------------
+# Problem: the OD API's ``deepmac_meta_arch.py`` imports ``tensorflow_io`` at module level, and
+# ``model_builder`` imports it for every model. tensorflow-io has no wheel for Python 3.13, and
+# its last wheels (0.37, built for TF 2.16) fail to load their libraries on TF 2.20+; only the
+# DeepMAC mask model uses it.
+# Shim: when ``tensorflow_io`` cannot be found, a stand-in module whose every attribute raises an
+# error naming DeepMAC. Drop when tensorflow-io ships wheels for the locked TensorFlow or the OD
+# API imports it lazily.
+
+
+def _missing_tensorflow_io_attribute(name: str):
+    raise AttributeError(
+        f"tensorflow_io.{name}: tensorflow-io is not installed (it has no wheels for this "
+        "TensorFlow); only the OD API's DeepMAC mask model needs it")
+
+
+def provide_tensorflow_io_placeholder() -> None:
+    """Let ``import tensorflow_io`` succeed where tensorflow-io is not installed."""
+    if "tensorflow_io" in sys.modules or importlib.util.find_spec("tensorflow_io") is not None:
+        return
+    stand_in = types.ModuleType("tensorflow_io",
+                                "Stand-in for the missing tensorflow-io (pipeline.compat shim 9)")
+    stand_in.__getattr__ = _missing_tensorflow_io_attribute
+    sys.modules["tensorflow_io"] = stand_in
