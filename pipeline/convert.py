@@ -54,6 +54,7 @@ from pipeline import tracking
 from pipeline.coco import read_coco
 from pipeline.errors import PipelineError
 from pipeline.labelmap import LabelMap, build_label_map, write_label_map
+from pipeline.outputs import staged_output
 from pipeline.params import ConvertParams, DataParams, Params
 from pipeline.records import SPLITS, ImageRecord, ObjectAnnotation, is_inside
 from pipeline.tfexample import build_example
@@ -199,21 +200,14 @@ def convert_dataset(
     ``data.root``. Returns the report (also written as ``data_report.json``). Raises
     PipelineError when the dataset cannot be read or the train split ends up empty.
     """
-    records = read_dataset(data, images, annotations)
-    label_map = build_label_map(data.classes, records)
-    check_unknown_classes(records, label_map, data)
-    _require_train(Counter(r.split for r in records)["train"], "has no images")
-    shards = num_shards_by_split(records, convert.num_shards)
-    output_dir = Path(output_dir)
-    partial = output_dir.with_name(output_dir.name + ".partial")
-    _reset_dir(partial)
-    try:
-        report = _convert_into(partial, data, convert, records, label_map, shards)
-        _replace_dir(partial, output_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # never leave a half-written output behind
-        raise
-    return report
+    inputs = [p for p in (data.root, images, annotations) if p]
+    with staged_output(output_dir, inputs) as partial:  # refuses a foreign folder before work
+        records = read_dataset(data, images, annotations)
+        label_map = build_label_map(data.classes, records)
+        check_unknown_classes(records, label_map, data)
+        _require_train(Counter(r.split for r in records)["train"], "has no images")
+        shards = num_shards_by_split(records, convert.num_shards)
+        return _convert_into(partial, data, convert, records, label_map, shards)
 
 
 def read_dataset(
@@ -335,16 +329,6 @@ def _require_train(num_images: int, problem: str) -> None:
     if num_images == 0:
         raise PipelineError(f"the train split {problem}; training needs at least one image "
                             "(check the split lists, data.val/test_fraction or the train/ folder)")
-
-
-def _reset_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    shutil.rmtree(target, ignore_errors=True)
-    source.rename(target)
 
 
 # --- Beam ---------------------------------------------------------------------------------------

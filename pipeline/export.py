@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline import compat, tracking
 from pipeline.errors import PipelineError
+from pipeline.outputs import staged_output
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)
@@ -49,18 +50,11 @@ def run(args: argparse.Namespace, params: Params) -> None:
     """Export, verify, optionally convert to TFLite, then publish ``--output`` atomically."""
     if not (args.model_dir / "checkpoint").is_file():
         raise PipelineError(f"no checkpoint in {args.model_dir} (run the train stage first)")
-    staging = args.output.with_name(args.output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        summary = _export_and_verify(args, params, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # nothing half-made survives a failure
-        raise
     run_id = tracking.read_run_file(args.model_dir)
-    if run_id:
-        tracking.write_run_file(staging, run_id)
-    shutil.rmtree(args.output, ignore_errors=True)
-    staging.rename(args.output)
+    with staged_output(args.output, [args.config, args.model_dir, args.data]) as staging:
+        summary = _export_and_verify(args, params, staging)  # failure: nothing half-made stays
+        if run_id:
+            tracking.write_run_file(staging, run_id)
     log.info("exported and verified %s: %s", args.output, summary)
     _log_to_mlflow(params, args.output, run_id, summary)
 

@@ -8,7 +8,6 @@ random generator seeded by ``(seed, index)``, so the output depends only on the 
 from __future__ import annotations
 
 import math
-import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from pipeline.outputs import staged_output
 from pipeline.params import SampleParams
 from pipeline.records import ObjectAnnotation
 
@@ -39,17 +39,13 @@ class SampleImage:
 
 def generate(params: SampleParams, output_dir: Path) -> dict[str, list[str]]:
     """Write the dataset to ``output_dir`` (replacing it atomically); return the split lists."""
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(output_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (staging / sub).mkdir(parents=True)
-    for index in range(params.num_images):
-        write_voc_image(draw_image(params, index), staging)
-    splits = split_names(params)
-    write_split_lists(splits, staging / "ImageSets" / "Main")
-    shutil.rmtree(output_dir, ignore_errors=True)
-    staging.rename(output_dir)
+    with staged_output(output_dir) as staging:
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (staging / sub).mkdir(parents=True)
+        for index in range(params.num_images):
+            write_voc_image(draw_image(params, index), staging)
+        splits = split_names(params)
+        write_split_lists(splits, staging / "ImageSets" / "Main")
     return splits
 
 

@@ -26,6 +26,7 @@ from pipeline.convert import (
     duplicate_issues, make_runner, pipeline_options, prepare_image,
 )
 from pipeline.errors import PipelineError
+from pipeline.outputs import MARKER
 from pipeline.labelmap import build_label_map, label_map_text, read_label_map, write_label_map
 from pipeline.params import ConvertParams, DataParams, SampleParams
 from pipeline.records import ImageRecord, ObjectAnnotation, hash_split
@@ -407,7 +408,7 @@ def test_convert_sample_end_to_end(sample: Path, tmp_path: Path) -> None:
     out = tmp_path / "tfrecords"
     report = convert_dataset(DataParams(root=str(sample)), ConvertParams(), out)
     assert sorted(f.name for f in out.iterdir()) == [
-        "data_report.json", "data_report.md", "label_map.pbtxt", "plots",
+        MARKER, "data_report.json", "data_report.md", "label_map.pbtxt", "plots",
         "test.tfrecord-00000-of-00001", "train.tfrecord-00000-of-00001",
         "val.tfrecord-00000-of-00001"]
     assert sorted(f.name for f in (out / "plots").iterdir()) == [
@@ -441,6 +442,7 @@ def test_convert_with_fixed_classes_and_shards(sample: Path, tmp_path: Path) -> 
 def test_empty_train_is_an_error_and_leaves_old_output(sample: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    (out / MARKER).write_text("")  # a previous output of this project
     (out / "old").write_text("previous run")
     for image_id in (sample / "ImageSets/Main/train.txt").read_text().split():
         (sample / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"corrupt")  # last use of sample
@@ -515,3 +517,32 @@ def test_cli_bad_dataset_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     assert main(["convert", "--params", str(params), "--input", str(tmp_path / "nope"),
                  "--output", str(tmp_path / "out")]) == 1
     assert "error: convert: dataset root" in capsys.readouterr().err
+
+
+def test_output_never_replaces_an_input_or_a_foreign_folder(tmp_path: Path, monkeypatch,
+                                                            capsys) -> None:
+    """``--output`` equal to the dataset, containing it, or holding someone's files: refused
+    with one line before any work, nothing deleted; an earlier output of ours is replaced."""
+    from pipeline.cli import main
+
+    dataset = tmp_path / "project" / "voc"
+    generate(SampleParams(num_images=8), dataset)
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    files_before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for output in (dataset, dataset.parent, foreign):
+        code = main(["convert", "--params", str(params), "--input", str(dataset),
+                     "--output", str(output)])
+        err = capsys.readouterr().err
+        assert code == 1 and ("refusing" in err or "would replace the input" in err), err
+        assert len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == files_before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = tmp_path / "tfrecords"
+    for _ in range(2):  # the second run replaces the first one's (marked) output
+        assert main(["convert", "--params", str(params), "--input", str(dataset),
+                     "--output", str(out)]) == 0
+    assert (out / MARKER).is_file() and (out / "data_report.json").is_file()

@@ -171,3 +171,32 @@ def test_tflite_outputs_are_named_and_boxes_clipped_like_the_saved_model():
     np.testing.assert_array_equal(named["detection_classes"], [[1.0, 3.0]])
     np.testing.assert_array_equal(named["detection_scores"], [[0.9, 0.4]])
     assert named["num_detections"][0] == 2.0
+
+
+@pytest.mark.parametrize("target", ["model_dir", "foreign"])
+def test_output_holding_an_input_or_foreign_files_is_refused(tmp_path, monkeypatch, capsys,
+                                                             target):
+    """Before any work: nothing exported, nothing deleted, one line."""
+    from pipeline import cli
+
+    model_dir = tmp_path / "train"
+    model_dir.mkdir()
+    (model_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("not ours")
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+
+    def never(*args):
+        raise AssertionError("the export ran")
+
+    monkeypatch.setattr(export, "_export_and_verify", never)
+    output = {"model_dir": model_dir, "foreign": foreign}[target]
+    code = cli.main(["export", "--params", str(params), "--config", str(tmp_path / "p.config"),
+                     "--model-dir", str(model_dir), "--data", str(tmp_path / "data"),
+                     "--output", str(output)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: export: output") and len(err.strip().splitlines()) == 1
+    assert (model_dir / "checkpoint").is_file() and (foreign / "keep.txt").is_file()

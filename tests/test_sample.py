@@ -128,3 +128,15 @@ def test_labelled_objects_contrast_with_their_background():
             distance = sample.np.linalg.norm(
                 sample.np.subtract(color, (shade, shade // 2, 255 - shade)))
             assert distance >= sample.MIN_CONTRAST
+
+
+def test_a_folder_not_written_by_the_project_is_never_replaced(tmp_path):
+    from pipeline.errors import PipelineError
+
+    root = tmp_path / "voc"
+    root.mkdir()
+    (root / "thesis.tex").write_text("years of work")
+    with pytest.raises(PipelineError, match="not written by this project"):
+        sample.generate(SMALL, root)
+    assert sorted(p.name for p in root.iterdir()) == ["thesis.tex"]
+    assert not (tmp_path / "voc.partial").exists()
