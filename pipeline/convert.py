@@ -53,6 +53,7 @@ from PIL import Image, ImageOps
 from pipeline import tracking
 from pipeline.coco import read_coco
 from pipeline.errors import PipelineError
+from pipeline.images import ImageTooLarge, open_image, to_rgb
 from pipeline.labelmap import LabelMap, build_label_map, write_label_map
 from pipeline.outputs import staged_output
 from pipeline.params import ConvertParams, DataParams, Params
@@ -83,8 +84,6 @@ ISSUES_TAG = "issues"
 STATS_TAG = "stats"
 CONTENT_TAG = "content"
 EXIF_ORIENTATION = 0x0112
-#: Image modes holding more than 8 bits per channel: scaled to 8 bits, not clipped.
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 #: Box size bins (square root of the area, pixels) in the report; 32 and 96 are COCO's
 #: small / medium / large limits.
 BOX_SIZE_EDGES = (8, 16, 32, 64, 96, 128, 256, 512)
@@ -93,6 +92,7 @@ BOX_SIZE_EDGES = (8, 16, 32, 64, 96, 128, 256, 512)
 REASONS = {
     "missing_annotation": "skipped", "bad_annotation": "skipped", "unsafe_annotation": "skipped",
     "unsafe_path": "skipped", "missing_image": "skipped", "corrupt_image": "skipped",
+    "image_too_large": "skipped",
     "size_mismatch": "skipped or fixed (data.size_mismatch)", "size_missing": "fixed",
     "exif_rotated": "fixed", "exif_orientation_ignored": "fixed", "converted_to_rgb": "fixed",
     "reencoded_as_jpeg": "fixed", "box_clipped": "fixed",
@@ -582,7 +582,7 @@ def _decode(
     less CPU. Anything else is fully decoded for the fixes that follow.
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image = open_image(data, _file_name(record))
         size = image.size
         validate_only = (image.format == "JPEG" and image.mode == "RGB"
                          and image.getexif().get(EXIF_ORIENTATION, 1) == 1)
@@ -590,7 +590,10 @@ def _decode(
             image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
         image.load()  # decodes: a truncated or corrupt file fails here, not in training
         return (None if validate_only else image), size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except ImageTooLarge as err:
+        issues.append(_issue(record, "image_too_large", "skipped", str(err)))
+        return None
+    except (OSError, SyntaxError, ValueError) as err:
         issues.append(_issue(record, "corrupt_image", "skipped", _one_line(err)))
         return None
 
@@ -671,15 +674,6 @@ def rgb_jpeg(
     buffer = io.BytesIO()
     to_rgb(image).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue(), sha
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """An RGB copy; 16-bit and 32-bit grey levels are scaled to 8 bits (Pillow would clip)."""
-    if image.mode in HIGH_BIT_MODES:
-        levels = np.asarray(image, dtype=np.float64)
-        scaled = levels / 257.0 if image.mode != "F" else levels  # 65535 -> 255
-        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB")
 
 
 def clean_objects(

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline import drawing
+from pipeline import drawing, images
 from pipeline.errors import PipelineError
 from pipeline.params import Params
 
@@ -187,10 +187,12 @@ def predict_image(predictor: Predictor, path: Path, target: Path) -> dict:
     """Detect on one image file; write it annotated to ``target``."""
     import cv2
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise UnreadableInput("not a readable image")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:  # the project's image policy: pixel limit checked before decoding, EXIF applied
+        rgb = images.load_rgb(path)
+    except images.ImageTooLarge as err:
+        raise UnreadableInput(str(err)) from None
+    except (OSError, SyntaxError, ValueError):
+        raise UnreadableInput("not a readable image") from None
     detections = predictor.detect(rgb)
     cv2.imwrite(str(target), cv2.cvtColor(predictor.annotate(rgb, detections), cv2.COLOR_RGB2BGR))
     return {"path": str(path), "type": "image", "output": str(target),
@@ -203,6 +205,12 @@ def predict_video(predictor: Predictor, path: Path, target: Path) -> dict:
     from tqdm import tqdm
 
     capture = cv2.VideoCapture(str(path))
+    try:
+        images.check_pixels(int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), str(path))
+    except images.ImageTooLarge as err:
+        capture.release()
+        raise UnreadableInput(str(err)) from None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     frames, writer = [], None

@@ -197,6 +197,18 @@ def test_unreadable_images_are_skipped(tmp_path: Path) -> None:
         ("missing.jpg", "missing_image", "skipped")]
 
 
+def test_image_over_the_pixel_limit_is_skipped_with_the_policy_message(tmp_path: Path) -> None:
+    from tests.huge_image import huge_png
+
+    huge_png(tmp_path / "huge.png")
+    issues: list[Issue] = []
+    assert prepare_image(ImageRecord("huge", str(tmp_path / "huge.png"), 0, 0, "train"), {},
+                         issues) is None
+    assert [(i.file, i.reason, i.action) for i in issues] == [
+        ("huge.png", "image_too_large", "skipped")]
+    assert "(900,000,000 pixels) is over the limit of 178,956,970" in issues[0].detail
+
+
 def test_boxes_clipped_empty_dropped_unknown_dropped() -> None:
     objects = (ObjectAnnotation("cat", -5, 2, 45, 20), ObjectAnnotation("cat", 5, 5, 5, 9),
                ObjectAnnotation("cat", 50, 5, 60, 9), ObjectAnnotation("cow", 1, 1, 9, 9),

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import cli
+from tests.huge_image import huge_png
 
 LABEL_MAP = "item {\n  id: 1\n  name: 'circle'\n}\nitem {\n  id: 2\n  name: 'square'\n}\n"
 
@@ -119,3 +120,20 @@ def test_only_bad_inputs_fail_with_one_line(model, params_file, tmp_path, capsys
 def test_bad_option_is_refused(model, params_file, tmp_path):
     with pytest.raises(SystemExit):
         _predict(model, params_file, tmp_path / "out", tmp_path, "--score-threshold", "2")
+
+
+def test_huge_image_is_refused_before_decoding(model, params_file, tmp_path, capsys):
+    """The image policy's pixel limit: a clear skip, and memory does not grow by gigabytes."""
+    import resource
+
+    huge = huge_png(tmp_path / "huge.png")
+    assert huge.stat().st_size < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    code, result = _predict(model, params_file, tmp_path / "out", huge, _image(tmp_path / "a.jpg"))
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert code == 0 and len(result["inputs"]) == 1
+    (skipped,) = result["skipped"]
+    assert skipped["path"] == str(huge)
+    assert "(900,000,000 pixels) is over the limit of 178,956,970" in skipped["reason"]
+    assert "over the limit" in capsys.readouterr().err
+    assert grown_mib < 300, f"peak memory grew by {grown_mib:.0f} MiB"
