@@ -13,19 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline import drawing, images
+from pipeline import drawing, images, outputs
 from pipeline.errors import PipelineError
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+#: Written into --output with every detection; also the one name no annotated file may take.
+RESULT_FILE = "detections.json"
+#: Characters replaced in output names derived from input names (separators, dots at the ends).
+UNSAFE_NAME_CHARACTERS = re.compile(r"[^\w.-]+")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -144,25 +150,30 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
 
 def predict_all(predictor: Predictor, inputs: list[Path], output: Path) -> dict:
     """Process every input; write ``output/detections.json``; return its content."""
+    check_output_folder(output, inputs)
     files, skipped = expand_inputs(inputs)
     output.mkdir(parents=True, exist_ok=True)
-    results, names = [], set()
+    results = []
+    here = os.path.realpath(output)
+    names = {RESULT_FILE, RESULT_FILE + ".partial"} | {  # inputs in --output: never overwritten
+        f.name.lower() for f in files if os.path.realpath(f.parent) == here}
     for path in files:
-        target = _unique(output, path.stem, names)
+        is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        target = output_file(output, path, ".mp4" if is_video else ".png", names)
         try:
-            if path.suffix.lower() in VIDEO_SUFFIXES:
-                results.append(predict_video(predictor, path, target.with_suffix(".mp4")))
+            if is_video:
+                results.append(predict_video(predictor, path, target))
             else:
-                results.append(predict_image(predictor, path, target.with_suffix(".png")))
+                results.append(predict_image(predictor, path, target))
         except UnreadableInput as err:
             skipped.append({"path": str(path), "reason": str(err)})
     for item in skipped:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     summary = {"score_threshold": predictor.score_threshold,
                "max_detections": predictor.max_detections, "inputs": results, "skipped": skipped}
-    partial = output / "detections.json.partial"
+    partial = output / (RESULT_FILE + ".partial")
     partial.write_text(json.dumps(summary, indent=2) + "\n")
-    partial.replace(output / "detections.json")
+    partial.replace(output / RESULT_FILE)
     if not results:
         raise PipelineError(f"none of the {len(inputs)} input(s) could be read "
                             f"({len(skipped)} skipped; see above)")
@@ -170,12 +181,27 @@ def predict_all(predictor: Predictor, inputs: list[Path], output: Path) -> dict:
     return summary
 
 
-def _unique(output: Path, stem: str, taken: set[str]) -> Path:
-    name, n = stem, 1
-    while name in taken:  # two inputs with the same name (from different folders)
+def check_output_folder(output: Path, inputs: list[Path]) -> None:
+    """PipelineError when ``output`` is a file, or equals or lies inside an input: writing
+    there could overwrite the inputs."""
+    for source in inputs:
+        if source.exists() and outputs.is_within(output, source):
+            raise PipelineError(f"--output {output} is (inside) the input {source}: predictions "
+                                "could overwrite inputs; choose another output folder")
+    if output.exists() and not output.is_dir():
+        raise PipelineError(f"--output {output} exists and is not a folder")
+
+
+def output_file(output: Path, source: Path, suffix: str, taken: set[str]) -> Path:
+    """The file in ``output`` for ``source``: its name reduced to safe characters (it stays in
+    ``output`` whatever the input is called) and never one in ``taken`` (lower case: names of
+    earlier outputs and of inputs in ``output``), which it is added to."""
+    stem = UNSAFE_NAME_CHARACTERS.sub("_", source.stem).strip("._") or "input"
+    name, n = stem + suffix, 1
+    while name.lower() in taken:  # two inputs with the same name (from different folders)
         n += 1
-        name = f"{stem}_{n}"
-    taken.add(name)
+        name = f"{stem}_{n}{suffix}"
+    taken.add(name.lower())
     return output / name
 
 

@@ -137,3 +137,40 @@ def test_huge_image_is_refused_before_decoding(model, params_file, tmp_path, cap
     assert "(900,000,000 pixels) is over the limit of 178,956,970" in skipped["reason"]
     assert "over the limit" in capsys.readouterr().err
     assert grown_mib < 300, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_output_inside_an_input_is_refused(model, params_file, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = _image(folder / "a.png")
+    before = image.read_bytes()
+    for output in (folder, folder / "out", image):
+        code, _ = _predict(model, params_file, output, folder)
+        err = capsys.readouterr().err
+        assert code == 1 and "could overwrite inputs" in err and "Traceback" not in err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"] and image.read_bytes() == before
+
+
+def test_output_names_stay_in_the_output_and_never_overwrite(model, params_file, tmp_path,
+                                                             monkeypatch):
+    """Names from odd inputs stay inside --output; same-named inputs and inputs that live in
+    --output itself are never overwritten."""
+    out = tmp_path / "out"
+    (tmp_path / "work" / "a").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    out.mkdir()
+    inputs = [_image(tmp_path / "..jpg"),  # stem '.': used to become out.png beside out/
+              _image(tmp_path / "work" / "a" / "x.y.jpg"), _image(tmp_path / "b" / "x.y.png"),
+              _image(tmp_path / "x.z.jpg"),  # same 'x' once the suffix was replaced
+              _image(out / "mine.png")]  # an input inside the output folder
+    mine = inputs[-1].read_bytes()
+    monkeypatch.chdir(tmp_path / "work")
+    code, result = _predict(model, params_file, out, Path("../..jpg"), Path("a/x.y.jpg"),
+                            tmp_path / "b" / "x.y.png", tmp_path / "x.z.jpg", inputs[-1])
+    assert code == 0 and len(result["inputs"]) == 5
+    written = [Path(i["output"]) for i in result["inputs"]]
+    assert all(p.parent == out and p.is_file() for p in written)
+    assert len({p.name.lower() for p in written}) == 5
+    assert inputs[-1].read_bytes() == mine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["..jpg", "b", "out", "work",
+                                                          "x.z.jpg"]
