@@ -96,7 +96,8 @@ REASONS = {
     "size_mismatch": "skipped or fixed (data.size_mismatch)", "size_missing": "fixed",
     "exif_rotated": "fixed", "exif_orientation_ignored": "fixed", "converted_to_rgb": "fixed",
     "reencoded_as_jpeg": "fixed", "box_clipped": "fixed",
-    "empty_box": "dropped_box", "unknown_label": "dropped_box", "leakage": "suspicious",
+    "empty_box": "dropped_box", "non_finite_box": "dropped_box", "unknown_label": "dropped_box",
+    "leakage": "suspicious",
     "duplicate_image": "suspicious",
 }
 
@@ -679,10 +680,13 @@ def rgb_jpeg(
 def clean_objects(
     record: ImageRecord, width: int, height: int, label_map: LabelMap, issues: list[Issue]
 ) -> tuple[ObjectAnnotation, ...]:
-    """Drop unknown labels and empty boxes, clip the rest to the image."""
+    """Drop unknown labels, non-finite and empty boxes, clip the rest to the image."""
     kept = []
     for index, obj in enumerate(record.objects):
         where = f"object {index} {obj.label!r} box {_box(obj)}"
+        if not all(map(math.isfinite, (obj.xmin, obj.ymin, obj.xmax, obj.ymax))):
+            issues.append(_issue(record, "non_finite_box", "dropped_box", where))
+            continue  # NaN passes every comparison below: it must never reach a record
         clipped = clip_box(obj, width, height)
         if obj.label not in label_map:
             issues.append(_issue(record, "unknown_label", "dropped_box", where))

@@ -10,6 +10,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import apache_beam as beam
@@ -220,6 +221,39 @@ def test_boxes_clipped_empty_dropped_unknown_dropped() -> None:
     assert [(i.reason, i.action) for i in issues] == [
         ("box_clipped", "fixed"), ("empty_box", "dropped_box"), ("empty_box", "dropped_box"),
         ("unknown_label", "dropped_box")]
+
+
+def test_non_finite_boxes_are_dropped_reported_and_never_written(tmp_path: Path) -> None:
+    """NaN / inf coordinates from VOC XML ("nan") and COCO JSON (NaN, "inf"): dropped boxes in
+    the data report, the image's other boxes written."""
+    voc, coco = tmp_path / "voc", tmp_path / "coco"
+    for folder in (voc, coco):
+        folder.mkdir()
+    box = "<xmin>{}</xmin><ymin>2</ymin><xmax>20</xmax><ymax>20</ymax>"
+    save(voc / "v.jpg")
+    objects = "".join(f"<object><name>cat</name><bndbox>{box.format(x)}</bndbox></object>"
+                      for x in ("nan", "-inf", "2"))
+    (voc / "v.xml").write_text("<annotation><filename>v.jpg</filename><size><width>40</width>"
+                               f"<height>30</height></size>{objects}</annotation>")
+    save(coco / "c.jpg")
+    bboxes = ([float("nan"), 2, 5, 5], ["inf", 2, 5, 5], [2, 2, "Infinity", 5], [2, 2, 5, 5])
+    (coco / "c.json").write_text(json.dumps({  # json.dumps writes NaN / Infinity literals
+        "images": [{"id": 1, "file_name": "c.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": k, "image_id": 1, "category_id": 1, "bbox": bbox}
+                        for k, bbox in enumerate(bboxes)],
+        "categories": [{"id": 1, "name": "cat"}]}))
+    data = DataParams(val_fraction=0.0, test_fraction=0.0)
+    for fmt, folder, dropped in (("voc", voc, 2), ("coco", coco, 3)):
+        out = tmp_path / f"out_{fmt}"
+        report = convert_dataset(replace(data, format=fmt, root=str(folder)), ConvertParams(),
+                                 out, images=str(folder),
+                                 annotations=str(folder / "c.json") if fmt == "coco" else None)
+        assert report["issue_counts"] == {"non_finite_box": dropped}, fmt
+        assert report["counters"]["non_finite_box"] == dropped
+        assert report["objects"] == 1
+        (decoded,) = decode_records(sorted(out.glob("train.tfrecord-*"))).values()
+        assert decoded["boxes"].shape == (1, 4) and np.isfinite(decoded["boxes"]).all()
+        assert "non_finite_box" in (out / "data_report.md").read_text()
 
 
 # --- hygiene: one tiny fixture per case, exact outcome --------------------------------------------
