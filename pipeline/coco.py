@@ -19,14 +19,22 @@ holding one, and numbers may come as strings (``"416"``), as some exporters writ
 ``bbox`` ``[x, y, w, h]`` becomes absolute XYXY; ``iscrowd`` is kept; images without
 annotations are kept as negatives. A ``file_name`` that leaves the images folder is never
 followed: the convert stage refuses and reports it.
+
+Every file is validated (pydantic, :class:`CocoFile`) before any work: not an object, a missing
+``images`` / ``annotations`` / ``categories``, an id that is not an integer, a ``bbox`` that is
+not 4 numbers, a missing ``file_name``... stop with one line naming the file, the key and the
+value. Non-finite box numbers pass: the convert stage drops and reports those boxes.
 """
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import PipelineError
 from pipeline.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
@@ -110,61 +118,115 @@ def read_coco_file(
     json_path: Path, images: Path, split: str | None, fractions: tuple[float, float] = (0.1, 0.1),
 ) -> list[ImageRecord]:
     """One COCO JSON; image files are resolved in ``images``; ``split`` None = split by hash."""
-    data = _load_json(json_path)
-    names = {coco_id(c.get("id"), json_path): str(c["name"])
-             for c in _list(data, "categories", json_path)}
-    image_list = _list(data, "images", json_path)
-    known_ids = {coco_id(image.get("id"), json_path) for image in image_list}
-    objects: dict[Any, list[ObjectAnnotation]] = defaultdict(list)
-    for ann in _list(data, "annotations", json_path):
-        image_id = coco_id(ann.get("image_id"), json_path)
-        category = coco_id(ann.get("category_id"), json_path)
-        if image_id not in known_ids or category not in names:
-            raise PipelineError(f"{json_path}: annotation {ann.get('id')} refers to an unknown "
+    coco = load_coco(json_path)
+    names = {category.id: category.name for category in coco.categories}
+    known_ids = {image.id for image in coco.images}
+    objects: dict[int, list[ObjectAnnotation]] = defaultdict(list)
+    for ann in coco.annotations:
+        if ann.image_id not in known_ids or ann.category_id not in names:
+            raise PipelineError(f"{json_path}: annotation {ann.id} refers to an unknown "
                                 f"image_id or category_id")
-        objects[image_id].append(coco_object(ann, names[category], json_path))
+        x, y, w, h = ann.bbox
+        objects[ann.image_id].append(ObjectAnnotation(
+            names[ann.category_id], x, y, x + w, y + h, is_crowd=bool(int(ann.iscrowd or 0))))
     return [
-        _record(image, objects[coco_id(image.get("id"), json_path)], images,
-                split or hash_split(str(image["file_name"]), *fractions))
-        for image in image_list
+        _record(image, objects[image.id], images, split or hash_split(image.file_name, *fractions),
+                json_path)
+        for image in coco.images
     ]
 
 
-def coco_id(value: Any, json_path: Path) -> int | str:
-    """An id as an int (any size; strings holding an integer too), else the string itself."""
-    if isinstance(value, bool) or value is None:
-        raise PipelineError(f"{json_path}: bad id {value!r}")
-    if isinstance(value, int):
+def _integer(value: Any) -> int:
+    """An id: a JSON integer (any size) or a string / float holding one, as exporters write."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
+    if isinstance(value, (str, float)):
+        text = str(value).strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
         try:
             number = float(text)
         except ValueError:
-            return text  # a non-numeric string id is still a valid key
-        return int(number) if number.is_integer() else text
+            number = math.nan
+        if number.is_integer():
+            return int(number)
+    raise ValueError("must be an integer id")
 
 
-def coco_object(ann: dict, label: str, json_path: Path) -> ObjectAnnotation:
-    """A COCO annotation (``bbox`` = x, y, width, height) as an absolute XYXY box."""
+def _name(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise ValueError("must be a non-empty string")
+    return str(value)
+
+
+CocoId = Annotated[Any, AfterValidator(_integer)]
+
+
+class _CocoModel(BaseModel):
+    model_config = ConfigDict(extra="allow")  # exporters add keys of their own
+
+
+class CocoCategory(_CocoModel):
+    """One entry of ``categories``."""
+
+    id: CocoId
+    name: Annotated[Any, AfterValidator(_name)]
+
+
+class CocoImage(_CocoModel):
+    """One entry of ``images`` (width / height: 0 or absent = taken from the image)."""
+
+    id: CocoId
+    file_name: Annotated[str, Field(min_length=1)]
+    width: Any = None
+    height: Any = None
+
+
+class CocoAnnotation(_CocoModel):
+    """One entry of ``annotations``: ``bbox`` is ``[x, y, width, height]`` (numbers; non-finite
+    values pass here and are dropped and reported by the convert stage)."""
+
+    id: Any = None
+    image_id: CocoId
+    category_id: CocoId
+    bbox: Annotated[list[float], Field(min_length=4, max_length=4)]
+    iscrowd: float | None = 0
+
+
+class CocoFile(_CocoModel):
+    """The keys of a COCO detection file that the reader uses, with their types."""
+
+    images: list[CocoImage]
+    annotations: list[CocoAnnotation]
+    categories: list[CocoCategory]
+
+
+def load_coco(json_path: Path) -> CocoFile:
+    """The validated COCO file; PipelineError naming the file, key and value otherwise."""
+    data = _load_json(json_path)
     try:
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        crowd = bool(int(float(ann.get("iscrowd") or 0)))
-    except (KeyError, TypeError, ValueError) as err:
-        raise PipelineError(f"{json_path}: annotation {ann.get('id')} has a bad bbox or "
-                            f"iscrowd: {err}") from err
-    return ObjectAnnotation(label, x, y, x + w, y + h, is_crowd=crowd)
+        return CocoFile.model_validate(data)
+    except ValidationError as err:
+        raise PipelineError(_first_problem(json_path, err)) from None
 
 
-def _record(image: dict, objects: list, folder: Path, split: str) -> ImageRecord:
-    file_name = str(image["file_name"])
+def _first_problem(json_path: Path, err: ValidationError) -> str:
+    problem = err.errors()[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem["loc"])
+    got = "" if problem["type"] == "missing" else f" (got {repr(problem['input'])[:80]})"
+    more = f"; {err.error_count() - 1} more problem(s)" if err.error_count() > 1 else ""
+    return f"{json_path}: {where.lstrip('.')}: {problem['msg']}{got}{more}"
+
+
+def _record(image: CocoImage, objects: list, folder: Path, split: str,
+            json_path: Path) -> ImageRecord:
     return ImageRecord(
-        image_id=file_name,
-        image_path=str(folder / file_name),  # not normalised: convert refuses what leaves folder
-        width=_size(image.get("width")),  # 0 = unknown: taken from the image later
-        height=_size(image.get("height")),
+        image_id=image.file_name,
+        image_path=str(folder / image.file_name),  # not normalised: convert refuses what leaves
+        width=_size(image.width),  # 0 = unknown: taken from the image later
+        height=_size(image.height),
         split=split,
         objects=tuple(objects),
         root=str(folder),
@@ -189,10 +251,3 @@ def _load_json(json_path: Path) -> dict:
     if not isinstance(data, dict):
         raise PipelineError(f"{json_path}: a COCO file must hold a JSON object")
     return data
-
-
-def _list(data: dict, key: str, json_path: Path) -> list[dict]:
-    value = data.get(key, [] if key == "annotations" else None)
-    if not isinstance(value, list):
-        raise PipelineError(f"{json_path}: '{key}' must be a list")
-    return value

@@ -98,11 +98,11 @@ def peak_learning_rate(model: ModelParams, train: TrainParams) -> float:
 
 def count_label_map_items(path: Path) -> int:
     compat.apply()
-    from object_detection.utils import label_map_util
+    from pipeline import labelmap
 
     if not path.is_file():
         raise PipelineError(f"label map not found: {path} (run the convert stage first)")
-    count = len(label_map_util.load_labelmap(str(path)).item)
+    count = len(labelmap.read_label_map(path))  # one-line error when malformed or duplicated
     if count == 0:
         raise PipelineError(f"label map {path} has no classes")
     return count

@@ -46,11 +46,24 @@ def write_label_map(label_map: LabelMap, path: Path) -> None:
 
 
 def read_label_map(path: Path) -> dict[str, int]:
-    """Read a ``label_map.pbtxt`` back into ``{name: id}``."""
+    """Read a ``label_map.pbtxt`` back into ``{name: id}``.
+
+    PipelineError (one line, naming the file) when it is unreadable, does not parse, or has
+    duplicate ids or names: two classes would silently share an id or a name otherwise.
+    """
     from google.protobuf import text_format
 
-    text = Path(path).read_text(encoding="utf-8")
-    proto = text_format.Parse(text, _proto_module().StringIntLabelMap())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        proto = text_format.Parse(text, _proto_module().StringIntLabelMap())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as err:
+        raise PipelineError(f"{path} is not a valid label map: "
+                            f"{' '.join(str(err).split())}") from None
+    for key in ("id", "name"):
+        values = Counter(getattr(item, key) for item in proto.item)
+        duplicates = sorted(value for value, n in values.items() if n > 1)
+        if duplicates:
+            raise PipelineError(f"label map {path} has duplicate {key}s: {duplicates}")
     return {item.name: item.id for item in proto.item}
 
 

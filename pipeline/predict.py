@@ -68,8 +68,9 @@ def run(args: argparse.Namespace, params: Params) -> dict:
     """Predict on every input; write annotated files and ``detections.json``."""
     from pipeline.report import Detector
 
-    predictor = Predictor(Detector.load(args.model), read_class_names(args.model),
-                          args.score_threshold, args.max_detections)
+    names = read_class_names(args.model)  # a malformed label map stops before the model loads
+    predictor = Predictor(Detector.load(args.model), names, args.score_threshold,
+                          args.max_detections)
     return predict_all(predictor, args.inputs, args.output)
 
 

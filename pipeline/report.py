@@ -165,12 +165,7 @@ def read_label_map(path: Path) -> dict[int, str]:
     """``{id: name}`` from an OD API ``label_map.pbtxt``; PipelineError if missing or invalid."""
     if not path.is_file():
         raise PipelineError(f"label map {path} not found; run the convert stage first")
-    from google.protobuf import text_format
-
-    try:
-        categories = {cid: name for name, cid in labelmap.read_label_map(path).items()}
-    except text_format.ParseError as err:
-        raise PipelineError(f"{path} is not a valid label map: {err}") from None
+    categories = {cid: name for name, cid in labelmap.read_label_map(path).items()}
     if not categories:
         raise PipelineError(f"label map {path} has no items")
     return categories

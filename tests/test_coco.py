@@ -149,3 +149,46 @@ def test_official_layout_one_file_per_split(tmp_path: Path) -> None:
         ("v.jpg", "val", str(tmp_path.resolve() / "val2017" / "v.jpg"))]
     again = read_coco(tmp_path / "x", annotations=tmp_path / "annotations", images=tmp_path)
     assert [(r.image_id, r.split) for r in again] == [("t.jpg", "train"), ("v.jpg", "val")]
+
+
+@pytest.mark.parametrize("content, message", [
+    ([1, 2], "a COCO file must hold a JSON object"),
+    ({"images": [], "categories": []}, "annotations: Field required"),
+    ({"annotations": [], "categories": []}, "images: Field required"),
+    ({"images": [], "annotations": []}, "categories: Field required"),
+    ({"images": {}, "annotations": [], "categories": []}, "images: Input should be a valid list"),
+    (coco_json([image(1, "a.jpg")], [{**ann(1, 1, 3, [0] * 4), "bbox": [1, 2, 3]}]),
+     "annotations[0].bbox: List should have at least 4 items"),
+    (coco_json([image(1, "a.jpg")], [{**ann(1, 1, 3, [0] * 4), "bbox": "1234"}]),
+     "annotations[0].bbox: Input should be a valid list (got '1234')"),
+    (coco_json([image(1, "a.jpg")], [{**ann(1, 1, 3, [0] * 4), "bbox": [1, "two", 3, 4]}]),
+     "annotations[0].bbox[1]: Input should be a valid number"),
+    (coco_json([image(1, "a.jpg")], [ann(1, 1.5, 3, [1, 2, 3, 4])]),
+     "annotations[0].image_id: Value error, must be an integer id (got 1.5)"),
+    (coco_json([{"id": "abc", "file_name": "a.jpg"}], []),
+     "images[0].id: Value error, must be an integer id (got 'abc')"),
+    (coco_json([{"id": 1, "width": 10}], []), "images[0].file_name: Field required"),
+    ({**coco_json([], []), "categories": [{"id": 1}]}, "categories[0].name: Field required"),
+])
+def test_malformed_coco_is_a_one_line_error_naming_file_and_key(tmp_path: Path, content,
+                                                                 message) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(PipelineError) as raised:
+        read_coco(tmp_path / "unused", annotations=path, images=tmp_path)
+    text = str(raised.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+def test_malformed_coco_through_the_cli_has_no_traceback(tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
+    (tmp_path / "params.yaml").write_text("{}\n")
+    code = main(["convert", "--params", str(tmp_path / "params.yaml"), "--format", "coco",
+                 "--images", str(tmp_path), "--annotations", str(path),
+                 "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"error: convert: {path}: images[0].file_name: Field required\n"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

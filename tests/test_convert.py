@@ -592,3 +592,18 @@ def test_output_never_replaces_an_input_or_a_foreign_folder(tmp_path: Path, monk
         assert main(["convert", "--params", str(params), "--input", str(dataset),
                      "--output", str(out)]) == 0
     assert (out / MARKER).is_file() and (out / "data_report.json").is_file()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("item { id: 1 name: 'a' ", "is not a valid label map"),
+    ("item { id: 1 name: 'a' } item { id: 1 name: 'b' }", "has duplicate ids: [1]"),
+    ("item { id: 1 name: 'a' } item { id: 2 name: 'a' }", "has duplicate names: ['a']"),
+])
+def test_malformed_label_map_is_a_one_line_error_naming_the_file(tmp_path: Path, text,
+                                                                 message) -> None:
+    path = tmp_path / "label_map.pbtxt"
+    path.write_text(text)
+    with pytest.raises(PipelineError) as raised:
+        read_label_map(path)
+    assert str(raised.value).startswith(str(path)) or f"label map {path}" in str(raised.value)
+    assert message in str(raised.value) and "\n" not in str(raised.value)

@@ -174,3 +174,20 @@ def test_output_names_stay_in_the_output_and_never_overwrite(model, params_file,
     assert inputs[-1].read_bytes() == mine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["..jpg", "b", "out", "work",
                                                           "x.z.jpg"]
+
+
+def test_malformed_label_map_stops_before_the_model_loads(params_file, tmp_path, capsys,
+                                                          monkeypatch):
+    from pipeline import report
+
+    def never(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(report.Detector, "load", never)
+    model = tmp_path / "export"
+    model.mkdir()
+    (model / "label_map.pbtxt").write_text(LABEL_MAP + LABEL_MAP)  # every id and name twice
+    code, _ = _predict(model, params_file, tmp_path / "out", _image(tmp_path / "a.jpg"))
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"error: predict: label map {model / 'label_map.pbtxt'}")
+    assert "duplicate ids: [1, 2]" in err and len(err.strip().splitlines()) == 1
