@@ -230,6 +230,7 @@ def _record(image: CocoImage, objects: list, folder: Path, split: str,
         split=split,
         objects=tuple(objects),
         root=str(folder),
+        annotation=str(json_path),
     )
 
 

@@ -57,7 +57,7 @@ from pipeline.images import ImageTooLarge, open_image, to_rgb
 from pipeline.labelmap import LabelMap, build_label_map, write_label_map
 from pipeline.outputs import staged_output
 from pipeline.params import ConvertParams, DataParams, Params
-from pipeline.records import SPLITS, ImageRecord, ObjectAnnotation, is_inside
+from pipeline.records import SPLITS, ImageRecord, ObjectAnnotation, is_inside, link_leaving
 from pipeline.tfexample import build_example
 from pipeline.voc import read_voc
 
@@ -91,8 +91,8 @@ BOX_SIZE_EDGES = (8, 16, 32, 64, 96, 128, 256, 512)
 #: ``suspicious`` (written as it is, worth a look).
 REASONS = {
     "missing_annotation": "skipped", "bad_annotation": "skipped", "unsafe_annotation": "skipped",
-    "unsafe_path": "skipped", "missing_image": "skipped", "corrupt_image": "skipped",
-    "image_too_large": "skipped",
+    "unsafe_path": "skipped", "unsafe_link": "skipped", "missing_image": "skipped",
+    "corrupt_image": "skipped", "image_too_large": "skipped",
     "size_mismatch": "skipped or fixed (data.size_mismatch)", "size_missing": "fixed",
     "exif_rotated": "fixed", "exif_orientation_ignored": "fixed", "converted_to_rgb": "fixed",
     "reencoded_as_jpeg": "fixed", "box_clipped": "fixed",
@@ -550,14 +550,22 @@ def _file_name(record: ImageRecord) -> str:
 
 
 def _usable_reference(record: ImageRecord, issues: list[Issue]) -> bool:
-    """False (and reported) when the reader found a problem or the path leaves the root."""
+    """False (and reported) when the reader found a problem or the path leaves the root (by
+    ``..``, an absolute path or a symbolic link); the report names the annotation file."""
     if record.problem:
         reason, _, detail = record.problem.partition(": ")
         issues.append(_issue(record, reason, "skipped", detail))
         return False
+    named_by = f"{record.annotation} refers to " if record.annotation else ""
     if not is_inside(record.image_path, record.root):
-        issues.append(_issue(record, "unsafe_path", "skipped",
-                             f"{record.image_path} leaves the dataset folder {record.root}"))
+        issues.append(_issue(record, "unsafe_path", "skipped", f"{named_by}{record.image_path}, "
+                             f"which leaves the dataset folder {record.root}"))
+        return False
+    target = link_leaving(record.image_path, record.root)
+    if target is not None:
+        issues.append(_issue(record, "unsafe_link", "skipped", f"{named_by}{record.image_path}, "
+                             f"a symbolic link to {target}, outside the dataset folder "
+                             f"{record.root}"))
         return False
     return True
 

@@ -41,7 +41,8 @@ class ImageRecord:
     refuses paths that leave ``root`` (``..``, absolute paths) instead of following them.
     ``width`` and ``height`` are the declared size (0 = not declared). ``problem`` is set by a
     reader that could not use the annotation (``"reason: detail"``): the image is then skipped
-    and reported with that reason.
+    and reported with that reason. ``annotation`` is the file that names the image (VOC XML,
+    COCO JSON), for the report.
     """
 
     image_id: str
@@ -52,15 +53,33 @@ class ImageRecord:
     objects: tuple[ObjectAnnotation, ...] = ()
     root: str = ""
     problem: str = ""
+    annotation: str = ""
 
 
 def is_inside(path: str, root: str) -> bool:
-    """Whether ``path`` stays inside ``root`` once ``..`` are resolved (symlinks are not followed:
-    a dataset checked out by DVC may legitimately link to its cache)."""
+    """Whether ``path`` stays inside ``root`` once ``..`` are resolved (symlinks: see
+    :func:`link_leaving`)."""
     if not root:
         return True
     root = os.path.normpath(os.path.abspath(root))
     return os.path.normpath(os.path.abspath(path)).startswith(root + os.sep)
+
+
+def link_leaving(path: str, root: str) -> str | None:
+    """Where ``path`` really is when a symbolic link (the file or a folder on the way) takes it
+    out of ``root``, else None. Links into a DVC cache (a ``.dvc/cache`` folder: DVC's
+    ``symlink`` checkout) are allowed; remote paths (``gs://``...) have no links."""
+    if not root or "://" in path:
+        return None
+    real = os.path.realpath(path)
+    if is_inside(real, os.path.realpath(root)) or _in_dvc_cache(real):
+        return None
+    return real
+
+
+def _in_dvc_cache(real_path: str) -> bool:
+    parts = real_path.split(os.sep)
+    return any(parts[i:i + 2] == [".dvc", "cache"] for i in range(len(parts) - 1))
 
 
 

@@ -159,10 +159,11 @@ def read_annotation(layout: VocLayout, image_id: str, split: str) -> ImageRecord
     except AnnotationError as err:
         image_path = resolve_image(layout, image_id, None)
         return ImageRecord(image_id, image_path, 0, 0, split, (), str(layout.images),
-                           problem=f"{err.reason}: {xml_path.name}: {err}")
+                           problem=f"{err.reason}: {xml_path.name}: {err}",
+                           annotation=str(xml_path))
     image_path = resolve_image(layout, image_id, annotation.findtext("filename"))
     return ImageRecord(image_id, image_path, width, height, split, objects,
-                       str(layout.images))
+                       str(layout.images), annotation=str(xml_path))
 
 
 def resolve_image(layout: VocLayout, image_id: str, filename: str | None) -> str:

@@ -134,6 +134,7 @@ def test_file_name_leaving_the_folder_is_kept_for_refusal(coco: Path) -> None:
     path.write_text(json.dumps(data))
     hostile = [r for r in read_coco(coco, ANNOTATIONS) if r.split == "train"]
     assert not any(is_inside(r.image_path, r.root) for r in hostile)
+    assert {r.annotation for r in hostile} == {str(path.resolve())}  # named in the data report
 
 
 def test_official_layout_one_file_per_split(tmp_path: Path) -> None:

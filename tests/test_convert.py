@@ -346,6 +346,43 @@ def test_path_leaving_the_dataset_is_refused(tmp_path: Path) -> None:
         assert outcome(record) == (None, [("unsafe_path", "skipped")])
 
 
+def test_unsafe_references_name_the_annotation_and_links_leaving_are_refused(
+        tmp_path: Path) -> None:
+    """A path leaving the dataset and a symbolic link leaving it: skipped, counted, reported
+    with the annotation file that named them; links inside it or into a DVC cache are fine."""
+    root, outside, cache = tmp_path / "voc", tmp_path / "elsewhere", tmp_path / "p/.dvc/cache"
+    for folder in (root / "real", outside, cache):
+        folder.mkdir(parents=True)
+
+    def picture(path: Path, shade: int) -> Path:
+        Image.new("RGB", (40, 30), (shade, 10, 10)).save(path, format="JPEG")
+        return path
+
+    picture(outside / "secret.jpg", 10)
+    (root / "linked_out.jpg").symlink_to(outside / "secret.jpg")
+    (root / "linked_in.jpg").symlink_to(picture(root / "real" / "inside.jpg", 60))
+    (root / "cached.jpg").symlink_to(picture(cache / "ab12", 110))
+    picture(root / "plain.jpg", 160)
+    names = {"dotdot": "../elsewhere/secret.jpg", "linked_out": "linked_out.jpg",
+             "linked_in": "linked_in.jpg", "cached": "cached.jpg", "plain": "plain.jpg"}
+    for stem, filename in names.items():
+        (root / f"{stem}.xml").write_text(
+            f"<annotation><filename>{filename}</filename><size><width>40</width><height>30"
+            "</height></size><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    data = DataParams(root=str(root), val_fraction=0.0, test_fraction=0.0)
+    report = convert_dataset(data, ConvertParams(), tmp_path / "out")
+    issues = {i["reason"]: i for i in report["splits"]["train"]["issues"]}
+    assert report["issue_counts"] == {"unsafe_link": 1, "unsafe_path": 1}
+    assert report["images"] == 3  # linked_in, cached, plain
+    assert issues["unsafe_path"]["detail"].startswith(f"{root.resolve() / 'dotdot.xml'} refers to")
+    link = issues["unsafe_link"]
+    assert link["file"] == "linked_out.jpg"
+    assert link["detail"].startswith(f"{root.resolve() / 'linked_out.xml'} refers to")
+    assert f"a symbolic link to {outside.resolve() / 'secret.jpg'}" in link["detail"]
+    assert "linked_out.xml refers to" in (tmp_path / "out" / "data_report.md").read_text()
+
+
 def test_reader_problem_skips_the_image(tmp_path: Path) -> None:
     record = ImageRecord("x", save(tmp_path / "x.jpg"), 40, 30, "val",
                          problem="unsafe_annotation: x.xml: declares a DTD")
