@@ -5,8 +5,10 @@ order). Writes into ``--output`` (default ``predictions/``): each image annotate
 (``<name>.png``), each video annotated (``<name>.mp4``, same frame rate) and
 ``detections.json`` with every detection (class, score, normalised ``[ymin, xmin, ymax, xmax]``
 box and pixel ``[x, y, width, height]``) per image or per video frame. Inputs that do not
-exist or cannot be decoded are reported on stderr, listed under ``skipped`` in the JSON and
-skipped; the command fails only when no input could be read.
+exist or cannot be decoded (or are over the pixel limit of :mod:`pipeline.images`) are
+reported on stderr, listed under ``skipped`` in the JSON and skipped; the command fails only
+when no input could be read. Output names stay inside ``--output`` and never overwrite an
+input or another output (:func:`output_file`); an ``--output`` inside an input is refused.
 """
 from __future__ import annotations
 
