@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import checkpoint_eval, compat, tracking
+from pipeline import checkpoint_eval, compat, outputs, tracking
 from pipeline.errors import PipelineError
 from pipeline.params import Params, TrainParams
 
@@ -143,7 +143,8 @@ def fingerprint(config: Path, train: TrainParams | None = None) -> dict[str, str
 
 
 def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
-    """Keep ``model_dir`` to resume from when its checkpoints match ``current``; else empty it."""
+    """Keep ``model_dir`` to resume from when its checkpoints match ``current``; else empty it
+    (only a training folder or an empty one: PipelineError for a folder of other files)."""
     path = model_dir / FINGERPRINT_FILE
     stored = json.loads(path.read_text()) if path.is_file() else None
     has_checkpoints = (model_dir / "checkpoint").is_file()
@@ -153,6 +154,8 @@ def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
                     "fresh training directory instead of restoring them", model_dir,
                     ", ".join(changed))
     if stored != current:
+        if stored is None and not has_checkpoints:
+            outputs.check_replaceable(model_dir)  # not a training folder: never emptied
         shutil.rmtree(model_dir, ignore_errors=True)
     elif has_checkpoints:
         log.info("resuming from %s (step %d)", model_dir, compat.checkpoint_step(model_dir))

@@ -103,6 +103,19 @@ def test_checkpoints_without_a_fingerprint_are_not_trusted(tmp_path):
     assert not (model_dir / "checkpoint").exists()
 
 
+def test_a_folder_that_is_not_a_training_folder_is_never_emptied(tmp_path):
+    from pipeline.errors import PipelineError
+
+    model_dir = tmp_path / "data"
+    model_dir.mkdir()
+    (model_dir / "dataset.csv").write_text("precious")
+    with pytest.raises(PipelineError, match="not written by this project"):
+        train.prepare_model_dir(model_dir, FP)
+    assert (model_dir / "dataset.csv").read_text() == "precious"
+    train.prepare_model_dir(tmp_path / "new", FP)  # absent or empty: fine
+    assert (tmp_path / "new" / train.FINGERPRINT_FILE).is_file()
+
+
 def test_fingerprint_changes_with_the_model_and_the_classes_not_with_nothing(tmp_path):
     from pipeline import compat
 
