@@ -192,7 +192,7 @@ class CocoAnnotation(_CocoModel):
     image_id: CocoId
     category_id: CocoId
     bbox: Annotated[list[float], Field(min_length=4, max_length=4)]
-    iscrowd: float | None = 0
+    iscrowd: Annotated[float, Field(allow_inf_nan=False)] | None = 0
 
 
 class CocoFile(_CocoModel):

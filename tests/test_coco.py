@@ -169,6 +169,8 @@ def test_official_layout_one_file_per_split(tmp_path: Path) -> None:
     (coco_json([{"id": "abc", "file_name": "a.jpg"}], []),
      "images[0].id: Value error, must be an integer id (got 'abc')"),
     (coco_json([{"id": 1, "width": 10}], []), "images[0].file_name: Field required"),
+    (coco_json([image(1, "a.jpg")], [{**ann(1, 1, 3, [0] * 4), "iscrowd": "nan"}]),
+     "annotations[0].iscrowd"),
     ({**coco_json([], []), "categories": [{"id": 1}]}, "categories[0].name: Field required"),
 ])
 def test_malformed_coco_is_a_one_line_error_naming_file_and_key(tmp_path: Path, content,
