@@ -57,8 +57,8 @@ def check_replaceable(path: Path, inputs: Iterable[Path] = ()) -> None:
             raise PipelineError(f"output {path} would replace the input {source}: "
                                 "choose another --output folder")
     if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise PipelineError(f"output {path} exists and is not a folder: refusing to replace "
-                            "it (choose another --output)")
+        raise PipelineError(f"output {path} is a file or a symbolic link, not a folder: "
+                            "refusing to replace it (choose another --output)")
     if path.is_dir() and not (path / MARKER).is_file() and any(path.iterdir()):
         raise PipelineError(f"output folder {path} is not empty and was not written by this "
                             f"project (no {MARKER}): refusing to replace it; choose another "
