@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ except ImportError:  # pragma: no cover
     PythonModel = object
 
 log = logging.getLogger(__name__)
+
+#: What the logged pyfunc needs to load and run the SavedModel, pinned to the installed versions
+#: (MLflow adds itself): TensorFlow runs the graph, tf-keras is the tf.keras the OD API built it
+#: with (TF_USE_LEGACY_KERAS), NumPy carries the arrays in and out.
+SERVING_PACKAGES = ("tensorflow", "tf-keras", "numpy")
 
 CHAMPION = "champion"
 MAP_TAG = "test_map"
@@ -50,6 +56,11 @@ class SavedModelDetector(PythonModel):
                             "num_detections")}
 
 
+def serving_requirements() -> list[str]:
+    """``name==version`` of each of :data:`SERVING_PACKAGES` as installed here."""
+    return [f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES]
+
+
 def split_hash(data_dir: str | Path) -> str:
     """SHA-256 over the test TFRecords' names and bytes: identifies the test split."""
     digest = hashlib.sha256()
@@ -71,7 +82,7 @@ def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: P
         info = mlflow.pyfunc.log_model(
             name="model", python_model=SavedModelDetector(),
             artifacts={"saved_model": str(Path(model_dir) / "saved_model")},
-            pip_requirements=["tensorflow==2.15.1"], registered_model_name=name)
+            pip_requirements=serving_requirements(), registered_model_name=name)
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, MAP_TAG, str(metrics["map"]))

@@ -56,6 +56,17 @@ def test_champion_moves_only_to_a_better_map_on_the_same_split(export_dir, tmp_p
     model = mlflow.pyfunc.load_model("models:/detector@champion")
     outputs = model.predict(np.zeros((2, 32, 32, 3), np.uint8))
     assert outputs["detection_scores"].shape == (2, 1)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/detector/1")).read_text()
+    assert f"tensorflow=={tf.__version__}" in requirements.split()
+
+
+def test_serving_requirements_are_the_installed_versions():
+    import tf_keras
+
+    wanted = registry.serving_requirements()
+    assert f"tensorflow=={tf.__version__}" in wanted
+    assert f"tf-keras=={tf_keras.__version__}" in wanted
+    assert f"numpy=={np.__version__}" in wanted
 
 
 def test_split_hash_identifies_the_test_records(tmp_path):
