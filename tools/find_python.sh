@@ -1,19 +1,22 @@
 #!/bin/sh
 # Print the path of the newest supported Python on this machine (3.13, then 3.12, then 3.11):
-# `pythonX.Y` on PATH, then pyenv's installed versions. With a version (`3.11`) as argument,
-# look for that one only; with a path or command, check that one instead. Exit 1 with one line
-# on stderr when there is none. Used by the Makefile and .ci/run.
+# `pythonX.Y` on PATH, then pyenv's installed versions. With a version (`3.11`) or a versioned
+# command (`python3.11`, found the same way when it does not run as it is, e.g. a pyenv shim of
+# an inactive version) as argument, look for that one only; with a path, check that one instead.
+# Exit 1 with one line on stderr when there is none. Used by the Makefile and .ci/run.
 SUPPORTED="3.13 3.12 3.11"
 SEARCH="$SUPPORTED"
-case "$1" in
-    3.1[0-9]) SEARCH="$1"; set -- ;;
-esac
 
 fits() {  # fits PYTHON: it runs, has venv, and is one of the supported versions
     "$1" -c 'import sys, venv, ensurepip
 sys.exit(0 if "%d.%d" % sys.version_info[:2] in sys.argv[1].split() else 1)' "$SUPPORTED" \
         >/dev/null 2>&1
 }
+case "$1" in
+    3.1[0-9]) SEARCH="$1"; set -- ;;
+    python3.1[0-9]) fits "$1" || { SEARCH="${1#python}"; set --; } ;;
+esac
+
 
 if [ -n "$1" ]; then
     fits "$1" && { command -v "$1"; exit 0; }
@@ -24,7 +27,7 @@ fi
 for version in $SEARCH; do
     for candidate in "python$version" \
         $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python"$version" \
-              2>/dev/null | sort -t. -k3 -n -r); do
+              2>/dev/null | sort -r -V); do
         if fits "$candidate"; then command -v "$candidate"; exit 0; fi
     done
 done
