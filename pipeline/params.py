@@ -8,6 +8,9 @@ values it allows. Unknown keys are errors, never ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,15 +308,28 @@ def _convert_list(key: str, value: Any, item_type: type) -> tuple:
 def _convert_scalar(key: str, value: Any, tp: type) -> Any:
     # bool is a subclass of int in Python: refuse True where a number is expected.
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(key, value)
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ParamsError(f"{key} must be of type {tp.__name__}, got {value!r} ({type(value).__name__})")
 
 
+def _finite(key: str, value: int | float) -> float:
+    # NaN fails every comparison, so it would pass any range check: refuse it (and infinities,
+    # and integers too large for a float) here, where every float param goes through.
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ParamsError(f"{key} must be a finite number, got {value!r}")
+    return number
+
+
 def _check_range(key: str, value: Any, meta: Any) -> Any:
     low, high = meta.get("min"), meta.get("max")
-    if (low is not None and value < low) or (high is not None and value > high):
+    # Written so that a value that cannot be compared (NaN) is out of range, never in it.
+    if (low is not None and not value >= low) or (high is not None and not value <= high):
         bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
         raise ParamsError(f"{key} must be in {bounds}, got {value!r}")
     return value

@@ -1,5 +1,6 @@
 """params.yaml is read into a typed object; bad params are refused with a precise message."""
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,46 @@ def test_models_yaml_entries_are_typed_and_validated(tmp_path):
         "other:\n  description: d\n  reference_batch_size: 1\n  reference_learning_rate: 1\n")
     with pytest.raises(ParamsError, match="lists 'other' but other.config is missing"):
         zoo.load_specs(tmp_path / "models.yaml")
+
+
+# --- non-finite numbers (issue 13, 6a) ---------------------------------------------------------
+
+FLOAT_KEYS = [("data", "val_fraction"), ("sample", "test_fraction"),
+              ("export", "verify_tolerance"), ("report", "score_threshold"),
+              ("train", "learning_rate"), ("model", "nms_iou_threshold")]
+
+
+@pytest.mark.parametrize("section, key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_naming_the_key(section, key, value):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({section: {key: value}})
+    message = str(err.value)
+    assert message == f"{section}.{key} must be a finite number, got {value!r}"
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", ".NaN"])
+def test_non_finite_floats_written_in_yaml_are_refused(tmp_path, text):
+    (tmp_path / "p.yaml").write_text(f"export:\n  verify_tolerance: {text}\n")
+    with pytest.raises(ParamsError, match=r"^export\.verify_tolerance must be a finite number"):
+        load_params(tmp_path / "p.yaml")
+
+
+def test_an_integer_too_large_for_a_float_is_refused_not_a_traceback():
+    with pytest.raises(ParamsError, match=r"^train\.learning_rate must be a finite number"):
+        params_from_dict({"train": {"learning_rate": 10**400}})
+
+
+def test_every_float_param_has_a_range():
+    """The range check is what keeps a float sane; a float field without bounds is a bug."""
+    import dataclasses
+    import typing
+
+    for section, cls in typing.get_type_hints(Params).items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] is float:
+                assert f.metadata.get("min") is not None and f.metadata.get("max") is not None, \
+                    f"{section}.{f.name}"
+
