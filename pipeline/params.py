@@ -234,15 +234,70 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(read_yaml(Path(path), "params file"))
 
 
+#: Largest params file read (params.yaml is about 7 KB). The check comes before parsing, so a
+#: huge file costs no time or memory; pure-Python YAML parses this much in well under a second.
+MAX_YAML_BYTES = 256 * 1024
+#: Deepest nesting of mappings and lists (params.yaml has 3 levels): the YAML composer recurses.
+MAX_YAML_DEPTH = 32
+
+
 def read_yaml(path: Path, what: str) -> Any:
-    """The parsed YAML file (``{}`` when empty); ParamsError naming ``what`` if it is missing
-    or not valid YAML."""
+    """The parsed YAML file (``{}`` when empty); ParamsError naming ``what`` if it is missing,
+    too large, not valid YAML, or uses aliases, duplicate keys or absurd nesting."""
     if not path.is_file():
         raise ParamsError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ParamsError(f"{path} is {size} bytes; a {what} may have at most {MAX_YAML_BYTES}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader) or {}
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text: {err}") from None
+    except _Refused as err:
+        raise ParamsError(f"{path}:{err.mark.line + 1}: {err}") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
+
+
+class _Refused(yaml.YAMLError):
+    """Valid YAML that params files must not use; ``mark`` says where."""
+
+    def __init__(self, message: str, mark: yaml.Mark):
+        super().__init__(message)
+        self.mark = mark
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader refusing what no params file needs and a hostile one uses: aliases (their
+    expansion, "billion laughs", blows up whoever walks the data, DVC included), duplicate keys
+    (the last silently wins) and nesting deep enough to exhaust the recursion limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _Refused("YAML aliases (*name) are not allowed in params files; "
+                           "write the value out", self.peek_event().start_mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first_line:
+                    raise _Refused(f"duplicate key {key!r} (first at line {first_line[key]})",
+                                   key_node.start_mark)
+            except TypeError:  # unhashable: SafeLoader reports it below
+                continue
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def params_from_dict(raw: Any) -> Params:

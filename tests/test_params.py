@@ -141,3 +141,64 @@ def test_every_float_param_has_a_range():
                 assert f.metadata.get("min") is not None and f.metadata.get("max") is not None, \
                     f"{section}.{f.name}"
 
+
+# --- params files built to hurt (issue 13, 7) --------------------------------------------------
+
+BILLION_LAUGHS = "\n".join(
+    ['train:', '  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"  {b}: &{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    + ["  augmentations: *i", ""])
+
+
+def _refused_quickly(path: Path) -> str:
+    start = time.perf_counter()
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert time.perf_counter() - start < 0.5
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_billion_laughs_is_refused_quickly(tmp_path):
+    (tmp_path / "p.yaml").write_text(BILLION_LAUGHS)
+    message = _refused_quickly(tmp_path / "p.yaml")
+    assert message == (f"{tmp_path / 'p.yaml'}:3: YAML aliases (*name) are not allowed in "
+                       "params files; write the value out")
+
+
+def test_duplicate_keys_are_refused_with_the_key_and_line(tmp_path):
+    (tmp_path / "p.yaml").write_text("train:\n  batch_size: 4\n  num_steps: 9\n  batch_size: 8\n")
+    message = _refused_quickly(tmp_path / "p.yaml")
+    assert message == f"{tmp_path / 'p.yaml'}:4: duplicate key 'batch_size' (first at line 2)"
+    (tmp_path / "p.yaml").write_text("train: {}\nsample: {}\ntrain: {}\n")
+    assert "duplicate key 'train' (first at line 1)" in _refused_quickly(tmp_path / "p.yaml")
+
+
+def test_a_50_mb_document_is_refused_before_it_is_read(tmp_path):
+    line = "  - " + "x" * 75 + "\n"
+    (tmp_path / "p.yaml").write_text("train:\n  augmentations:\n" + line * (50_000_000 // 80))
+    message = _refused_quickly(tmp_path / "p.yaml")
+    assert re.fullmatch(r".*p\.yaml is 500000\d\d bytes; a params file may have at most 262144",
+                        message)
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path):
+    (tmp_path / "p.yaml").write_text("train: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert "nested deeper than 32 levels" in _refused_quickly(tmp_path / "p.yaml")
+
+
+def test_a_binary_file_is_refused_with_a_clear_message(tmp_path):
+    (tmp_path / "p.yaml").write_bytes(b"train:\n  batch_size: \xff\xfe\n")
+    assert "is not UTF-8 text" in _refused_quickly(tmp_path / "p.yaml")
+
+
+def test_the_cli_prints_one_line_for_a_hostile_params_file(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "p.yaml").write_text(BILLION_LAUGHS)
+    assert main(["sample", "--params", str(tmp_path / "p.yaml"), "--output",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "YAML aliases" in err
+    assert not (tmp_path / "out").exists()
+
