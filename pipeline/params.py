@@ -81,6 +81,43 @@ class DataParams:
     def check(self) -> None:
         if not self.root.strip():
             raise ParamsError("data.root must be a non-empty path")
+        _check_dataset_root(self.root)
+
+
+#: Stages whose outputs are datasets ``data.root`` may name; every other stage's outputs (and
+#: the folders holding them) must stay out of the dataset convert reads.
+_DATASET_STAGES = ("sample",)
+
+
+def _check_dataset_root(root: str) -> None:
+    """Refuse a ``data.root`` that is the filesystem root, the project or a folder holding the
+    pipeline's outputs: convert would read the whole disk, or its own outputs as data."""
+    if "://" in root:  # a remote dataset (gs://, s3://): Beam's FileSystems reads it
+        return
+    path = Path(root).expanduser().resolve()
+    if path == Path(path.anchor):
+        raise ParamsError(f"data.root must be a dataset folder, not the filesystem root: {root!r}")
+    if PROJECT_ROOT.is_relative_to(path):
+        raise ParamsError(f"data.root must be a dataset folder, not the project ({PROJECT_ROOT}) "
+                          f"or a folder containing it: {root!r}")
+    held = sorted(out for out in _pipeline_outputs() if (PROJECT_ROOT / out).is_relative_to(path))
+    if held:
+        raise ParamsError(f"data.root must be a dataset folder, not one holding the pipeline's "
+                          f"outputs {held}: {root!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _pipeline_outputs() -> tuple[str, ...]:
+    """The ``outs`` (and metrics, plots) of dvc.yaml's stages other than dataset stages."""
+    try:
+        stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):  # an installed package: no dvc.yaml
+        return ()
+    return tuple(
+        next(iter(out)) if isinstance(out, dict) else str(out)
+        for name, stage in stages.items() if name not in _DATASET_STAGES
+        for kind in ("outs", "metrics", "plots") for out in stage.get(kind) or ()
+    )
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,17 @@ class ConvertParams:
     runner: str = "DirectRunner"
     direct_num_workers: int = field(default=0, metadata=_rng(0, 1024))
     pipeline_args: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if self.runner not in BEAM_RUNNERS and not _CLASS_PATH.fullmatch(self.runner):
+            raise ParamsError(f"convert.runner must be one of {list(BEAM_RUNNERS)} or a runner "
+                              f"class path 'module.Class', got {self.runner!r}")
+
+
+#: Beam runners ``convert.runner`` may name; any other runner by its class path.
+BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner",
+                "PrismRunner")
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 #: Augmentations ``train.augmentations`` can name: OD API preprocessing steps whose defaults
@@ -213,6 +261,10 @@ class MlflowParams:
     tracking_uri: str = "sqlite:///mlflow.db"
     http_max_retries: int = field(default=2, metadata=_rng(0, 20))
     http_timeout_s: int = field(default=10, metadata=_rng(1, 600))
+
+    def check(self) -> None:
+        if not self.experiment.strip():
+            raise ParamsError(f"mlflow.experiment must be a non-empty name, got {self.experiment!r}")
 
 
 @dataclass(frozen=True)

@@ -202,3 +202,59 @@ def test_the_cli_prints_one_line_for_a_hostile_params_file(tmp_path, capsys):
     assert err.count("\n") == 1 and "YAML aliases" in err
     assert not (tmp_path / "out").exists()
 
+
+# --- runner, experiment name, dataset root (issue 13, 11b) -------------------------------------
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner",
+                                    "PortableRunner", "PrismRunner",
+                                    "apache_beam.runners.direct.direct_runner.DirectRunner"])
+def test_known_beam_runners_and_class_paths_are_accepted(runner):
+    assert params_from_dict({"convert": {"runner": runner}}).convert.runner == runner
+
+
+@pytest.mark.parametrize("runner", ["DirectRuner", "", " ", "directrunner", "Direct Runner",
+                                    "my.module.", ".Runner"])
+def test_unknown_beam_runners_are_refused(runner):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({"convert": {"runner": runner}})
+    assert str(err.value) == ("convert.runner must be one of ['DirectRunner', 'DataflowRunner', "
+                              "'FlinkRunner', 'SparkRunner', 'PortableRunner', 'PrismRunner'] or "
+                              f"a runner class path 'module.Class', got {runner!r}")
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t"])
+def test_an_empty_experiment_name_is_refused(name):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({"mlflow": {"experiment": name}})
+    assert str(err.value) == f"mlflow.experiment must be a non-empty name, got {name!r}"
+
+
+@pytest.mark.parametrize("root, message", [
+    ("/", "data.root must be a dataset folder, not the filesystem root: '/'"),
+    ("/../..", "data.root must be a dataset folder, not the filesystem root: '/../..'"),
+    (str(ROOT), f"data.root must be a dataset folder, not the project ({ROOT}) or a folder "
+                f"containing it: {str(ROOT)!r}"),
+    (str(ROOT.parent), f"not the project ({ROOT}) or a folder containing it"),
+    (str(ROOT / "models"), "data.root must be a dataset folder, not one holding the pipeline's "
+                           "outputs ['models/exported', 'models/pipeline.config', 'models/train']"),
+    (str(ROOT / "data"), "holding the pipeline's outputs ['data/tfrecords']"),
+    (str(ROOT / "data" / "tfrecords"), "holding the pipeline's outputs ['data/tfrecords']"),
+    (str(ROOT / "reports"), "holding the pipeline's outputs ['reports/detections.json'"),
+])
+def test_a_dataset_root_holding_the_project_or_its_outputs_is_refused(root, message):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({"data": {"root": root}})
+    assert message in str(err.value)
+    assert str(err.value).endswith(repr(root))
+
+
+def test_relative_dataset_roots_are_resolved_from_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ParamsError, match="not the project"):
+        params_from_dict({"data": {"root": "."}})
+    with pytest.raises(ParamsError, match="outputs"):
+        params_from_dict({"data": {"root": "data/"}})
+    assert params_from_dict({"data": {"root": "data/sample"}}).data.root == "data/sample"
+    monkeypatch.chdir(tmp_path)
+    assert params_from_dict({"data": {"root": "."}}).data.root == "."
+    assert params_from_dict({"data": {"root": "gs://bucket/voc"}}).data.root == "gs://bucket/voc"
