@@ -264,7 +264,8 @@ class MlflowParams:
 
     def check(self) -> None:
         if not self.experiment.strip():
-            raise ParamsError(f"mlflow.experiment must be a non-empty name, got {self.experiment!r}")
+            raise ParamsError(
+                f"mlflow.experiment must be a non-empty name, got {self.experiment!r}")
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,8 @@ class _StrictLoader(yaml.SafeLoader):
             raise _Refused("YAML aliases (*name) are not allowed in params files; "
                            "write the value out", self.peek_event().start_mark)
         if self._depth >= MAX_YAML_DEPTH:
-            raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+            raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels",
+                           self.peek_event().start_mark)
         self._depth += 1
         try:
             return super().compose_node(parent, index)
