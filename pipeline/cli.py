@@ -24,6 +24,7 @@ STAGES = {
     "report": ("pipeline.report", "test-set metrics, plots, HTML report; register the model"),
     "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
     "sync-mlflow": ("pipeline.sync_mlflow", "send MLflow records a training kept locally"),
+    "check-params": ("pipeline.check_params", "validate the params file (run before dvc repro)"),
 }
 
 
