@@ -31,7 +31,9 @@ $(VENV)/.installed-%: requirements/py%.lock pyproject.toml
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
+# params.yaml is checked first: DVC parses it with no size or alias limit (README, Parameters).
 demo: setup
+	$(BIN)/python -m pipeline check-params
 	$(BIN)/dvc repro
 
 test: setup
