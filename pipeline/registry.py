@@ -1,8 +1,9 @@
 """MLflow model registry: each reported model becomes a new version; ``champion`` follows the best.
 
 The export directory is logged as an MLflow pyfunc (:class:`SavedModelDetector` wrapping
-``saved_model/``) in the model's run and registered under ``report.registered_model``. The
-version is tagged with its test ``map`` and the hash of the test split (:func:`split_hash`).
+``saved_model/``) in the report's run and registered under ``report.registered_model``. The
+version is tagged with its test ``map`` and the hash of the test split (:func:`split_hash`). The report journals the registration (:func:`record_registration`); it
+happens when the journal is sent, or later through ``sync-mlflow`` if the server was down.
 The alias ``champion`` moves to the new version only when there is no champion yet, or the
 champion was scored on the same test split (same hash) and the new ``map`` is strictly higher;
 scores on different test splits are not comparable, so the alias then stays where it is.
@@ -59,6 +60,34 @@ def split_hash(data_dir: str | Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def record_registration(journal: tracking.RunJournal, name: str, model_dir: Path,
+                        metrics: dict, test_split: str) -> None:
+    """Journal the registration of ``model_dir`` as a new version of ``name``.
+
+    It is done when the journal is sent (:func:`replay`), so a tracking server that is down
+    delays it to ``sync-mlflow`` instead of losing it.
+    """
+    saved_model = Path(model_dir).resolve() / "saved_model"
+    journal.register({"name": name, "model_dir": str(Path(model_dir).resolve()),
+                      "map": metrics["map"], "test_split": test_split,
+                      "saved_model_sha256": tracking.file_sha256(saved_model / "saved_model.pb")})
+
+
+def replay(settings: MlflowParams, run_id: str, record: dict) -> dict | None:
+    """Register a journaled model version (from :func:`record_registration`) in ``run_id``.
+
+    Skipped with a warning when the exported model changed since it was reported.
+    """
+    model_dir = Path(record["model_dir"])
+    graph = model_dir / "saved_model" / "saved_model.pb"
+    if not graph.is_file() or tracking.file_sha256(graph) != record["saved_model_sha256"]:
+        log.warning("not registered as %s: the model reported in run %s is no longer at %s "
+                    "(exported again since?)", record["name"], run_id, model_dir)
+        return None
+    return register(settings, record["name"], run_id, model_dir, {"map": record["map"]},
+                    record["test_split"])
 
 
 def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: Path,
