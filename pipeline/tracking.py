@@ -24,6 +24,7 @@ redacted (:func:`pipeline.redaction.redact`) before they are written anywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,6 @@ import os
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -76,7 +76,7 @@ def configure_client(settings: MlflowParams) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-@contextmanager
+@contextlib.contextmanager
 def start_run(settings: MlflowParams, stage: str, run_id: str | None = None) -> Iterator[Any]:
     """Start a new run tagged with ``stage``, or continue ``run_id``; yields the mlflow module.
 
@@ -379,6 +379,8 @@ def send_and_remove(journal: RunJournal) -> bool:
     if not journal.send():
         return False
     shutil.rmtree(journal.directory, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the folder of journals goes when it is empty
+        journal.directory.parent.rmdir()
     return True
 
 

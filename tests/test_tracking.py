@@ -227,7 +227,7 @@ def test_report_with_the_server_down_exits_0_and_sync_sends_it_and_registers_the
 
 
 def test_export_and_report_of_an_offline_training_nest_under_it_once_synced(
-        settings, tmp_path, monkeypatch):
+        settings, tmp_path, monkeypatch, caplog):
     import argparse
 
     from pipeline import export, sync_mlflow
@@ -246,8 +246,11 @@ def test_export_and_report_of_an_offline_training_nest_under_it_once_synced(
     tracking.link_run(best, exported)  # what export does
     (exported / "pipeline.config").write_text("model {}\n")
     (exported / export.VERIFICATION_FILE).write_text("{}\n")
+    caplog.clear()
     export._log_to_mlflow(Params(mlflow=down), exported, best,
                           {"max_score_difference": 0.0, "max_box_difference": 0.5})
+    assert [r.levelname for r in caplog.records if "unreachable" in r.getMessage()] == [
+        "WARNING"]  # one warning line, no exception
     (exported / "pipeline.config").write_text("changed after the export\n")
     report = tracking.stage_journal(down, "report", parent=exported)
     report.values({"map": 0.75}, prefix="test.")
