@@ -239,10 +239,16 @@ class RunJournal:
                        "artifact_path": artifact_path}])
 
     def parent(self, directory: Path) -> None:
-        """Nest this run under the run of ``directory`` (its run file, or its link)."""
+        """Nest this run under the run of ``directory`` (its run file, or its link).
+
+        When that run is not created yet (its journal is pending) the directory is recorded
+        and resolved when sent; a directory that belongs to no run leaves this run top-level.
+        """
         run_id = read_run_file(directory)
-        self._append([{"kind": "parent", "run_id": run_id} if run_id
-                      else {"kind": "parent", "directory": str(Path(directory).resolve())}])
+        if run_id:
+            self._append([{"kind": "parent", "run_id": run_id}])
+        elif _run_info(directory) or (Path(directory) / JOURNAL_FILE).is_file():
+            self._append([{"kind": "parent", "directory": str(Path(directory).resolve())}])
 
     def register(self, record: dict) -> None:
         """Record a model registration, done when sent (:func:`pipeline.registry.replay`)."""
