@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from pipeline import redaction
 from pipeline.errors import PipelineError
 from pipeline.params import ParamsError, load_params
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(stage).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)  # Beam adds a root handler at import
+    redaction.install_log_filter()  # no credentials in any log line
     try:
         params = load_params(args.params)
         importlib.import_module(STAGES[args.stage][0]).run(args, params)
