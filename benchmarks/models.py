@@ -126,12 +126,12 @@ def train_stage_segment(config: Path, model_dir: Path, steps: int, every_n: int,
                         batch_size: int) -> None:
     """One training segment as the train stage runs it: its per-step monitor (progress, NaN/Inf
     guard) installed, ``model_main_tf2`` called with the stage's flags."""
-    import tensorflow as tf
-
-    from pipeline import compat
+    from pipeline import compat  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads
     from pipeline.train import TrainMonitor, model_main_argv, train_with_model_main
 
     compat.apply()
+    import tensorflow as tf
+
     tf.keras.utils.set_random_seed(0)  # as the train stage does (train.seed)
     monitor = TrainMonitor(steps, batch_size, model_dir, 10.0)
     compat.observe_train_steps(monitor)

@@ -3,5 +3,6 @@ from pipeline import compat
 
 # Before anything in this process imports TensorFlow (compat shim 0): Keras 2 as tf.keras.
 compat.use_legacy_keras()
+compat.quiet_known_stack_noise()
 
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from pipeline import redaction
 from pipeline.errors import PipelineError
 from pipeline.params import ParamsError, load_params
 
@@ -24,6 +25,7 @@ STAGES = {
     "report": ("pipeline.report", "test-set metrics, plots, HTML report; register the model"),
     "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
     "sync-mlflow": ("pipeline.sync_mlflow", "send MLflow records a training kept locally"),
+    "check-params": ("pipeline.check_params", "validate the params file (run before dvc repro)"),
 }
 
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(stage).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)  # Beam adds a root handler at import
+    redaction.install_log_filter()  # no credentials in any log line
     try:
         params = load_params(args.params)
         importlib.import_module(STAGES[args.stage][0]).run(args, params)

@@ -37,10 +37,11 @@ def run(args: argparse.Namespace, params: Params) -> None:
     write_config(config, args.output)
     log.info("wrote %s (%s, %d classes, peak learning rate %g)", args.output,
              params.model.name, num_classes(config), peak_learning_rate(params.model, params.train))
-    with tracking.start_run(params.mlflow, "configure") as mlflow:
-        mlflow.log_params(tracking.flatten_params(params, ("model", "train")))
-        mlflow.log_params(resolved_values(config, params.model, params.train))
-        mlflow.log_artifact(str(args.output))
+    journal = tracking.stage_journal(params.mlflow, "configure")
+    journal.params({**tracking.flatten_params(params, ("model", "train")),
+                    **resolved_values(config, params.model, params.train)})
+    journal.artifact(args.output)
+    tracking.finish(journal)
 
 
 def resolved_values(config, model: ModelParams, train: TrainParams) -> dict:

@@ -47,6 +47,16 @@ def confusion_matrix(truths: Sequence[GroundTruthImage], detections: Sequence[Im
     return ConfusionResult([categories[i] for i in ids] + [BACKGROUND], matrix, errors)
 
 
+def top_confusions(result: ConfusionResult, count: int) -> list[tuple[int, int]]:
+    """``(actual, predicted)`` indices of the ``count`` largest non-zero off-diagonal cells
+    (wrong class, missed or false alarm), largest first; ties in row-major order."""
+    off = result.matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:count]
+    cells = zip(*np.unravel_index(order, off.shape))
+    return [(int(i), int(j)) for i, j in cells if off[i, j] > 0]
+
+
 def _count(matrix, pairs, true_classes, pred_classes, index, background) -> None:
     matched_gt = {g for g, _ in pairs}
     matched_pred = {p for _, p in pairs}

@@ -50,7 +50,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineRunner
 from PIL import Image, ImageOps
 
-from pipeline import tracking
+from pipeline import redaction, tracking
 from pipeline.coco import read_coco
 from pipeline.errors import PipelineError
 from pipeline.images import ImageTooLarge, open_image, to_rgb
@@ -177,15 +177,15 @@ def run(args: argparse.Namespace, params: Params) -> None:
 
 def log_to_mlflow(params: Params, data: DataParams, report: dict, output_dir: Path) -> None:
     """A run of its own for the conversion: its params, counts per split, and the report."""
-    with tracking.start_run(params.mlflow, "convert") as mlflow:
-        mlflow.log_params({**tracking.flatten_params(params, ("convert",)),
-                           "data.format": data.format, "data.root": data.root})
-        for split, info in report["splits"].items():
-            mlflow.log_metrics({f"{split}.images": info["images"],
-                                f"{split}.objects": info["objects"],
-                                f"{split}.issues": len(info["issues"])})
-        files = [LABEL_MAP_FILE, REPORT_JSON, REPORT_MD, *report["plots"]]
-        tracking.log_existing_artifacts(mlflow, [output_dir / name for name in files])
+    journal = tracking.stage_journal(params.mlflow, "convert")
+    journal.params({**tracking.flatten_params(params, ("convert",)),
+                    "data.format": data.format, "data.root": data.root})
+    journal.values({split: {"images": info["images"], "objects": info["objects"],
+                            "issues": len(info["issues"])}
+                    for split, info in report["splits"].items()})
+    for name in (LABEL_MAP_FILE, REPORT_JSON, REPORT_MD, *report["plots"]):
+        journal.artifact(output_dir / name)
+    tracking.finish(journal)
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -273,7 +273,9 @@ def pipeline_options(convert: ConvertParams, num_images: int) -> PipelineOptions
         args += ["--direct_num_workers", str(workers if parallel else 1),
                  "--direct_running_mode", mode]
     # The user's pipeline_args come last so that they win over the defaults above.
-    return PipelineOptions([*args, *convert.pipeline_args])
+    # $VARS are expanded here, so secrets stay in the environment, not in params or dvc.lock.
+    user_args = [os.path.expandvars(a) for a in convert.pipeline_args]
+    return PipelineOptions([*args, *redaction.join_secret_values(user_args)])
 
 
 def make_runner(options: PipelineOptions) -> PipelineRunner | None:

@@ -50,13 +50,11 @@ def run(args: argparse.Namespace, params: Params) -> None:
     """Export, verify, optionally convert to TFLite, then publish ``--output`` atomically."""
     if not (args.model_dir / "checkpoint").is_file():
         raise PipelineError(f"no checkpoint in {args.model_dir} (run the train stage first)")
-    run_id = tracking.read_run_file(args.model_dir)
     with staged_output(args.output, [args.config, args.model_dir, args.data]) as staging:
         summary = _export_and_verify(args, params, staging)  # failure: nothing half-made stays
-        if run_id:
-            tracking.write_run_file(staging, run_id)
+        tracking.link_run(args.model_dir, staging)
     log.info("exported and verified %s: %s", args.output, summary)
-    _log_to_mlflow(params, args.output, run_id, summary)
+    _log_to_mlflow(params, args.output, args.model_dir, summary)
 
 
 def _export_and_verify(args: argparse.Namespace, params: Params, staging: Path) -> dict:
@@ -83,14 +81,15 @@ def _copy_label_map(data_dir: Path, staging: Path) -> None:
     shutil.copy(label_map, staging / "label_map.pbtxt")
 
 
-def _log_to_mlflow(params: Params, output: Path, run_id: str | None, summary: dict) -> None:
-    with tracking.start_run(params.mlflow, "export", run_id=run_id) as mlflow:
-        mlflow.log_params({"export.input_type": params.export.input_type,
-                           "export.verify_tolerance": params.export.verify_tolerance})
-        mlflow.log_metric("export.max_score_difference", summary["max_score_difference"])
-        mlflow.log_metric("export.max_box_difference", summary["max_box_difference"])
-        tracking.log_existing_artifacts(
-            mlflow, [output / "pipeline.config", output / VERIFICATION_FILE], "export")
+def _log_to_mlflow(params: Params, output: Path, model_dir: Path, summary: dict) -> None:
+    """Record an export run nested under the training run (sent now or kept for sync)."""
+    journal = tracking.stage_journal(params.mlflow, "export", parent=model_dir)
+    journal.params(tracking.flatten_params(params, ("export",)))
+    journal.values({key: summary[key] for key in ("max_score_difference",
+                                                  "max_box_difference")}, prefix="export.")
+    for path in (output / "pipeline.config", output / VERIFICATION_FILE):
+        journal.artifact(path, "export")
+    tracking.finish(journal)
 
 
 def export_with_exporter_main(config: Path, model_dir: Path, output: Path, input_type: str) -> None:

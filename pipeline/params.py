@@ -8,6 +8,9 @@ values it allows. Unknown keys are errors, never ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +81,43 @@ class DataParams:
     def check(self) -> None:
         if not self.root.strip():
             raise ParamsError("data.root must be a non-empty path")
+        _check_dataset_root(self.root)
+
+
+#: Stages whose outputs are datasets ``data.root`` may name; every other stage's outputs (and
+#: the folders holding them) must stay out of the dataset convert reads.
+_DATASET_STAGES = ("sample",)
+
+
+def _check_dataset_root(root: str) -> None:
+    """Refuse a ``data.root`` that is the filesystem root, the project or a folder holding the
+    pipeline's outputs: convert would read the whole disk, or its own outputs as data."""
+    if "://" in root:  # a remote dataset (gs://, s3://): Beam's FileSystems reads it
+        return
+    path = Path(root).expanduser().resolve()
+    if path == Path(path.anchor):
+        raise ParamsError(f"data.root must be a dataset folder, not the filesystem root: {root!r}")
+    if PROJECT_ROOT.is_relative_to(path):
+        raise ParamsError(f"data.root must be a dataset folder, not the project ({PROJECT_ROOT}) "
+                          f"or a folder containing it: {root!r}")
+    held = sorted(out for out in _pipeline_outputs() if (PROJECT_ROOT / out).is_relative_to(path))
+    if held:
+        raise ParamsError(f"data.root must be a dataset folder, not one holding the pipeline's "
+                          f"outputs {held}: {root!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _pipeline_outputs() -> tuple[str, ...]:
+    """The ``outs`` (and metrics, plots) of dvc.yaml's stages other than dataset stages."""
+    try:
+        stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):  # an installed package: no dvc.yaml
+        return ()
+    return tuple(
+        next(iter(out)) if isinstance(out, dict) else str(out)
+        for name, stage in stages.items() if name not in _DATASET_STAGES
+        for kind in ("outs", "metrics", "plots") for out in stage.get(kind) or ()
+    )
 
 
 @dataclass(frozen=True)
@@ -88,6 +128,17 @@ class ConvertParams:
     runner: str = "DirectRunner"
     direct_num_workers: int = field(default=0, metadata=_rng(0, 1024))
     pipeline_args: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if self.runner not in BEAM_RUNNERS and not _CLASS_PATH.fullmatch(self.runner):
+            raise ParamsError(f"convert.runner must be one of {list(BEAM_RUNNERS)} or a runner "
+                              f"class path 'module.Class', got {self.runner!r}")
+
+
+#: Beam runners ``convert.runner`` may name; any other runner by its class path.
+BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner",
+                "PrismRunner")
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 #: Augmentations ``train.augmentations`` can name: OD API preprocessing steps whose defaults
@@ -211,6 +262,11 @@ class MlflowParams:
     http_max_retries: int = field(default=2, metadata=_rng(0, 20))
     http_timeout_s: int = field(default=10, metadata=_rng(1, 600))
 
+    def check(self) -> None:
+        if not self.experiment.strip():
+            raise ParamsError(
+                f"mlflow.experiment must be a non-empty name, got {self.experiment!r}")
+
 
 @dataclass(frozen=True)
 class Params:
@@ -231,15 +287,71 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(read_yaml(Path(path), "params file"))
 
 
+#: Largest params file read (params.yaml is about 7 KB). The check comes before parsing, so a
+#: huge file costs no time or memory; pure-Python YAML parses this much in well under a second.
+MAX_YAML_BYTES = 256 * 1024
+#: Deepest nesting of mappings and lists (params.yaml has 3 levels): the YAML composer recurses.
+MAX_YAML_DEPTH = 32
+
+
 def read_yaml(path: Path, what: str) -> Any:
-    """The parsed YAML file (``{}`` when empty); ParamsError naming ``what`` if it is missing
-    or not valid YAML."""
+    """The parsed YAML file (``{}`` when empty); ParamsError naming ``what`` if it is missing,
+    too large, not valid YAML, or uses aliases, duplicate keys or absurd nesting."""
     if not path.is_file():
         raise ParamsError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ParamsError(f"{path} is {size} bytes; a {what} may have at most {MAX_YAML_BYTES}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader) or {}
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text: {err}") from None
+    except _Refused as err:
+        raise ParamsError(f"{path}:{err.mark.line + 1}: {err}") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
+
+
+class _Refused(yaml.YAMLError):
+    """Valid YAML that params files must not use; ``mark`` says where."""
+
+    def __init__(self, message: str, mark: yaml.Mark):
+        super().__init__(message)
+        self.mark = mark
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader refusing what no params file needs and a hostile one uses: aliases (their
+    expansion, "billion laughs", blows up whoever walks the data, DVC included), duplicate keys
+    (the last silently wins) and nesting deep enough to exhaust the recursion limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _Refused("YAML aliases (*name) are not allowed in params files; "
+                           "write the value out", self.peek_event().start_mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels",
+                           self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first_line:
+                    raise _Refused(f"duplicate key {key!r} (first at line {first_line[key]})",
+                                   key_node.start_mark)
+            except TypeError:  # unhashable: SafeLoader reports it below
+                continue
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def params_from_dict(raw: Any) -> Params:
@@ -305,15 +417,28 @@ def _convert_list(key: str, value: Any, item_type: type) -> tuple:
 def _convert_scalar(key: str, value: Any, tp: type) -> Any:
     # bool is a subclass of int in Python: refuse True where a number is expected.
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(key, value)
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ParamsError(f"{key} must be of type {tp.__name__}, got {value!r} ({type(value).__name__})")
 
 
+def _finite(key: str, value: int | float) -> float:
+    # NaN fails every comparison, so it would pass any range check: refuse it (and infinities,
+    # and integers too large for a float) here, where every float param goes through.
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ParamsError(f"{key} must be a finite number, got {value!r}")
+    return number
+
+
 def _check_range(key: str, value: Any, meta: Any) -> Any:
     low, high = meta.get("min"), meta.get("max")
-    if (low is not None and value < low) or (high is not None and value > high):
+    # Written so that a value that cannot be compared (NaN) is out of range, never in it.
+    if (low is not None and not value >= low) or (high is not None and not value <= high):
         bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
         raise ParamsError(f"{key} must be in {bounds}, got {value!r}")
     return value

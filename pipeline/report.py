@@ -60,29 +60,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     """Evaluate, log to MLflow, register the model; return the metrics of ``metrics.json``."""
     metrics = evaluate(args.model, args.data, args.output, params.report)
-    run_id = log_to_mlflow(params, Path(args.model), Path(args.output), metrics)
-    if params.report.registered_model:
-        from pipeline import registry
-
-        registry.register(params.mlflow, params.report.registered_model, run_id,
-                          Path(args.model), metrics, registry.split_hash(args.data))
+    log_to_mlflow(params, Path(args.model), Path(args.data), Path(args.output), metrics)
     log.info("mAP %s, mAP@0.5 %s, %s images/s on %d test images; wrote %s",
              _fmt(metrics["map"]), _fmt(metrics["map_50"]), _fmt(metrics["images_per_second"]),
              metrics["num_images"], Path(args.output) / "report.html")
     return metrics
 
 
-def log_to_mlflow(params: Params, model_dir: Path, output_dir: Path, metrics: dict) -> str:
-    """Add the test metrics and report files to the model's MLflow run; return its id."""
-    run_id = tracking.read_run_file(model_dir)
-    with tracking.start_run(params.mlflow, "report", run_id=run_id) as mlflow:
-        tracking.log_numbers(mlflow, metrics, prefix="test.")
-        mlflow.log_params({f"report.{k}": v for k, v in vars(params.report).items()})
-        files = [p for p in output_dir.rglob("*") if p.is_file()]
-        for path in files:
-            relative = path.parent.relative_to(output_dir)
-            mlflow.log_artifact(str(path), str(Path("report") / relative))
-        return mlflow.active_run().info.run_id
+def log_to_mlflow(params: Params, model_dir: Path, data_dir: Path, output_dir: Path,
+                  metrics: dict) -> None:
+    """Record a report run nested under the model's training run: params, test metrics, the
+    report files and the registration of the model (sent now, or kept for ``sync-mlflow``)."""
+    journal = tracking.stage_journal(params.mlflow, "report", parent=model_dir)
+    journal.params({f"report.{k}": v for k, v in vars(params.report).items()})
+    journal.values(metrics, prefix="test.")
+    for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
+        journal.artifact(path, str(Path("report") / path.parent.relative_to(output_dir)))
+    if params.report.registered_model:
+        from pipeline import registry
+
+        registry.record_registration(journal, params.report.registered_model, model_dir,
+                                     metrics, registry.split_hash(data_dir))
+    tracking.finish(journal)
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, output_dir: str | Path,

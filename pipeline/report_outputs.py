@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline import coco_eval, drawing, html_report
+from pipeline import coco_eval, confusion, drawing, html_report
 from pipeline.coco_eval import GroundTruthImage, ImageDetections
 from pipeline.confusion import ConfusionResult
 
@@ -100,6 +100,10 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100)
 
 
+#: Classes named in the PR plot's legend; with more, per_class.csv/.md give each class's AP.
+MAX_LEGEND_ENTRIES = 15
+
+
 def plot_pr_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]],
                    per_class: dict[str, dict]) -> None:
     """Precision-recall curve per class at IoU 0.5, saved as PNG."""
@@ -110,31 +114,77 @@ def plot_pr_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]],
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05),
              title="Precision-recall on the test split (IoU 0.5)")
     axes.grid(alpha=0.3)
-    if curves:
+    if 0 < len(curves) <= MAX_LEGEND_ENTRIES:  # beyond, a legend would hide the plot
         axes.legend(loc="lower left")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
 
 
+#: The confusion figure's largest side, inches (x 100 dpi = 2000 px) whatever the class count.
+CONFUSION_MAX_INCHES = 20.0
+#: Up to this many labels (classes + background) every cell shows its count; above, only the
+#: largest confusions do, and they are also listed beside the matrix.
+ANNOTATE_ALL_UP_TO = 30
+TOP_CONFUSIONS = 20
+#: At most this many tick labels per axis (every k-th class above; the CSV has them all).
+MAX_TICK_LABELS = 50
+
+
 def plot_confusion(path: Path, matrix: ConfusionResult, thresholds: dict) -> None:
-    """The confusion matrix as an annotated heat map (rows: actual, columns: predicted)."""
-    figure = _figure(1.2 * len(matrix.labels) + 2, 1.0 * len(matrix.labels) + 1.6)
-    axes = figure.add_subplot()
-    image = axes.imshow(matrix.matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes)
-    ticks = range(len(matrix.labels))
-    axes.set_xticks(ticks, matrix.labels, rotation=30, ha="right")
-    axes.set_yticks(ticks, matrix.labels)
+    """The confusion matrix as a heat map (rows: actual, columns: predicted) of bounded size:
+    every count written up to ANNOTATE_ALL_UP_TO labels, else the largest confusions only."""
+    size = len(matrix.labels)
+    many = size > ANNOTATE_ALL_UP_TO
+    figure = _figure(min(1.2 * size + 2, CONFUSION_MAX_INCHES),
+                     min(1.0 * size + 1.6, CONFUSION_MAX_INCHES))
+    grid = figure.add_gridspec(1, 2, width_ratios=(4, 1)) if many else None
+    axes = figure.add_subplot(grid[0, 0] if many else 111)
+    from matplotlib.colors import PowerNorm
+
+    # Many classes: the square-root scale keeps the few off-diagonal counts visible.
+    image = axes.imshow(matrix.matrix, cmap="Blues", norm=PowerNorm(0.5) if many else None)
+    figure.colorbar(image, ax=axes, shrink=0.6 if many else 1.0)
+    _confusion_ticks(axes, matrix.labels)
+    cells = confusion.top_confusions(matrix, TOP_CONFUSIONS) if many else list(
+        np.ndindex(matrix.matrix.shape))
     high = matrix.matrix.max() / 2 if matrix.matrix.size else 0
-    for (i, j), count in np.ndenumerate(matrix.matrix):
-        axes.text(j, i, str(count), ha="center", va="center",
+    for i, j in cells:
+        count = matrix.matrix[i, j]
+        axes.text(j, i, str(count), ha="center", va="center", fontsize=6 if many else 10,
                   color="white" if count > high else "black")
-    axes.set(xlabel="predicted", ylabel="actual",
-             title=f"Confusion at IoU {thresholds['iou']}, score >= "
-                   f"{thresholds['score_threshold']}")
+    title = f"Confusion at IoU {thresholds['iou']}, score >= {thresholds['score_threshold']}"
+    if many:
+        title += f"\n{size - 1} classes: the largest confusions labelled (all in the CSV)"
+        _list_confusions(figure.add_subplot(grid[0, 1]), matrix, cells)
+    axes.set(xlabel="predicted", ylabel="actual", title=title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
+
+
+def _confusion_ticks(axes: Any, labels: list[str]) -> None:
+    if len(labels) <= ANNOTATE_ALL_UP_TO:
+        axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        axes.set_yticks(range(len(labels)), labels)
+        return
+    ticks = range(0, len(labels), -(-len(labels) // MAX_TICK_LABELS))  # every k-th, k = ceil
+    names = [_short(labels[k]) for k in ticks]
+    axes.set_xticks(ticks, names, rotation=90, fontsize=7)
+    axes.set_yticks(ticks, names, fontsize=7)
+
+
+def _list_confusions(axes: Any, matrix: ConfusionResult, cells: list[tuple[int, int]]) -> None:
+    axes.axis("off")
+    lines = [f"{matrix.matrix[i, j]:>6}  {_short(matrix.labels[i])} -> "
+             f"{_short(matrix.labels[j])}" for i, j in cells]
+    axes.text(0, 1, "\n".join(["largest confusions (actual -> predicted)", *lines]),
+              va="top", ha="left", family="monospace", fontsize=9, transform=axes.transAxes)
+
+
+def _short(name: str, width: int = 24) -> str:
+    # The middle goes: class names often differ at the end (..._v1, ..._v2).
+    keep = (width - 1) // 2
+    return name if len(name) <= width else name[:keep] + "\u2026" + name[-keep:]
 
 
 def draw_pictures(directory: Path, pictures: Pictures, errors: dict[int, int]

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
     splits = sample.generate(params.sample, args.output)
     counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
     log.info("wrote %d images to %s (%s)", params.sample.num_images, args.output, counts)
-    with tracking.start_run(params.mlflow, "sample") as mlflow:
-        mlflow.log_params(tracking.flatten_params(params, ("sample",)))
-        mlflow.log_metrics({f"images.{split}": len(names) for split, names in splits.items()})
+    journal = tracking.stage_journal(params.mlflow, "sample")
+    journal.params(tracking.flatten_params(params, ("sample",)))
+    journal.values({f"images.{split}": len(names) for split, names in splits.items()})
+    tracking.finish(journal)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import checkpoint_eval, compat, outputs, tracking
+from pipeline import checkpoint_eval, compat, durable, outputs, tracking
 from pipeline.errors import PipelineError
 from pipeline.params import Params, TrainParams
 
@@ -160,7 +160,7 @@ def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
     elif has_checkpoints:
         log.info("resuming from %s (step %d)", model_dir, compat.checkpoint_step(model_dir))
     model_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=1) + "\n")
+    durable.write_text_atomic(path, json.dumps(current, indent=1) + "\n")  # crash-safe
 
 
 def segment_ends(start: int, num_steps: int, eval_every_n: int) -> list[int]:
@@ -336,9 +336,7 @@ def copy_best(checkpoint: str, step: int, model_dir: Path) -> None:
     (staging / "checkpoint").write_text(
         f'model_checkpoint_path: "{prefix.name}"\nall_model_checkpoint_paths: "{prefix.name}"\n')
     (staging / "best.json").write_text(json.dumps({"step": step, "checkpoint": prefix.name}) + "\n")
-    run_file = model_dir / tracking.RUN_FILE
-    if run_file.is_file():
-        shutil.copy2(run_file, staging / tracking.RUN_FILE)
+    tracking.link_run(model_dir, staging)
     shutil.rmtree(model_dir / BEST_DIR, ignore_errors=True)
     staging.rename(model_dir / BEST_DIR)
     log.info("best checkpoint so far: step %d -> %s", step, model_dir / BEST_DIR)

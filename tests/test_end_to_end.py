@@ -137,7 +137,7 @@ def test_metrics_are_numbers_in_unit_range(project):
     assert 0 < metrics["latency_ms"]["p50"] <= metrics["latency_ms"]["p95"]
 
 
-def test_one_mlflow_run_holds_params_metrics_and_artifacts(project):
+def test_one_training_run_holds_params_and_curves_its_report_run_the_test_metrics(project):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -147,13 +147,19 @@ def test_one_mlflow_run_holds_params_metrics_and_artifacts(project):
     run_data = runs[0].data
     assert run_data.params["train.batch_size"] == "4"
     assert run_data.params["model.name"] == "ssd_mobilenet_v2_fpnlite_cpu"
-    metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert run_data.metrics["test.map_50"] == pytest.approx(metrics["map_50"])
     assert "train/Loss/total_loss" in run_data.metrics
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"pipeline.config", "label_map.pbtxt", "data_report.json"} <= artifacts
-    report_files = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+    # export and report: runs nested under the training run, the newest named by a tag
+    report_run = client.get_run(run_data.tags["pipeline.latest.report"])
+    export_run = client.get_run(run_data.tags["pipeline.latest.export"])
+    for child in (report_run, export_run):
+        assert child.data.tags["mlflow.parentRunId"] == runs[0].info.run_id
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert report_run.data.metrics["test.map_50"] == pytest.approx(metrics["map_50"])
+    report_files = {a.path for a in client.list_artifacts(report_run.info.run_id, "report")}
     assert "report/metrics.json" in report_files
+    assert "export.max_score_difference" in export_run.data.metrics
 
 
 def test_second_repro_does_no_work(project):

@@ -1,5 +1,6 @@
 """params.yaml is read into a typed object; bad params are refused with a precise message."""
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,174 @@ def test_models_yaml_entries_are_typed_and_validated(tmp_path):
         "other:\n  description: d\n  reference_batch_size: 1\n  reference_learning_rate: 1\n")
     with pytest.raises(ParamsError, match="lists 'other' but other.config is missing"):
         zoo.load_specs(tmp_path / "models.yaml")
+
+
+# --- non-finite numbers (issue 13, 6a) ---------------------------------------------------------
+
+FLOAT_KEYS = [("data", "val_fraction"), ("sample", "test_fraction"),
+              ("export", "verify_tolerance"), ("report", "score_threshold"),
+              ("train", "learning_rate"), ("model", "nms_iou_threshold")]
+
+
+@pytest.mark.parametrize("section, key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_naming_the_key(section, key, value):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({section: {key: value}})
+    message = str(err.value)
+    assert message == f"{section}.{key} must be a finite number, got {value!r}"
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", ".NaN"])
+def test_non_finite_floats_written_in_yaml_are_refused(tmp_path, text):
+    (tmp_path / "p.yaml").write_text(f"export:\n  verify_tolerance: {text}\n")
+    with pytest.raises(ParamsError, match=r"^export\.verify_tolerance must be a finite number"):
+        load_params(tmp_path / "p.yaml")
+
+
+def test_an_integer_too_large_for_a_float_is_refused_not_a_traceback():
+    with pytest.raises(ParamsError, match=r"^train\.learning_rate must be a finite number"):
+        params_from_dict({"train": {"learning_rate": 10**400}})
+
+
+def test_every_float_param_has_a_range():
+    """The range check is what keeps a float sane; a float field without bounds is a bug."""
+    import dataclasses
+    import typing
+
+    for section, cls in typing.get_type_hints(Params).items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] is float:
+                assert f.metadata.get("min") is not None and f.metadata.get("max") is not None, \
+                    f"{section}.{f.name}"
+
+
+# --- params files built to hurt (issue 13, 7) --------------------------------------------------
+
+BILLION_LAUGHS = "\n".join(
+    ['train:', '  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"  {b}: &{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    + ["  augmentations: *i", ""])
+
+
+def _refused_quickly(path: Path, seconds: float = 0.5) -> str:
+    start = time.perf_counter()
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert time.perf_counter() - start < seconds
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_billion_laughs_is_refused_quickly(tmp_path):
+    (tmp_path / "p.yaml").write_text(BILLION_LAUGHS)
+    message = _refused_quickly(tmp_path / "p.yaml")
+    assert message == (f"{tmp_path / 'p.yaml'}:3: YAML aliases (*name) are not allowed in "
+                       "params files; write the value out")
+
+
+def test_duplicate_keys_are_refused_with_the_key_and_line(tmp_path):
+    (tmp_path / "p.yaml").write_text("train:\n  batch_size: 4\n  num_steps: 9\n  batch_size: 8\n")
+    message = _refused_quickly(tmp_path / "p.yaml")
+    assert message == f"{tmp_path / 'p.yaml'}:4: duplicate key 'batch_size' (first at line 2)"
+    (tmp_path / "p.yaml").write_text("train: {}\nsample: {}\ntrain: {}\n")
+    assert "duplicate key 'train' (first at line 1)" in _refused_quickly(tmp_path / "p.yaml")
+
+
+def test_a_50_mb_document_is_refused_before_it_is_read(tmp_path):
+    line = "  - " + "x" * 75 + "\n"
+    (tmp_path / "p.yaml").write_text("train:\n  augmentations:\n" + line * (50_000_000 // 80))
+    message = _refused_quickly(tmp_path / "p.yaml")
+    assert re.fullmatch(r".*p\.yaml is 500000\d\d bytes; a params file may have at most 262144",
+                        message)
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path):
+    (tmp_path / "p.yaml").write_text("train: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    # ~0.4 s whatever the depth: PyYAML's scanner looks 1024 characters ahead for keys
+    assert "nested deeper than 32 levels" in _refused_quickly(tmp_path / "p.yaml", seconds=3)
+
+
+def test_a_binary_file_is_refused_with_a_clear_message(tmp_path):
+    (tmp_path / "p.yaml").write_bytes(b"train:\n  batch_size: \xff\xfe\n")
+    assert "is not UTF-8 text" in _refused_quickly(tmp_path / "p.yaml")
+
+
+def test_the_cli_prints_one_line_for_a_hostile_params_file(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "p.yaml").write_text(BILLION_LAUGHS)
+    assert main(["sample", "--params", str(tmp_path / "p.yaml"), "--output",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "YAML aliases" in err
+    assert not (tmp_path / "out").exists()
+
+
+# --- runner, experiment name, dataset root (issue 13, 11b) -------------------------------------
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner",
+                                    "PortableRunner", "PrismRunner",
+                                    "apache_beam.runners.direct.direct_runner.DirectRunner"])
+def test_known_beam_runners_and_class_paths_are_accepted(runner):
+    assert params_from_dict({"convert": {"runner": runner}}).convert.runner == runner
+
+
+@pytest.mark.parametrize("runner", ["DirectRuner", "", " ", "directrunner", "Direct Runner",
+                                    "my.module.", ".Runner"])
+def test_unknown_beam_runners_are_refused(runner):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({"convert": {"runner": runner}})
+    assert str(err.value) == ("convert.runner must be one of ['DirectRunner', 'DataflowRunner', "
+                              "'FlinkRunner', 'SparkRunner', 'PortableRunner', 'PrismRunner'] or "
+                              f"a runner class path 'module.Class', got {runner!r}")
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t"])
+def test_an_empty_experiment_name_is_refused(name):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({"mlflow": {"experiment": name}})
+    assert str(err.value) == f"mlflow.experiment must be a non-empty name, got {name!r}"
+
+
+@pytest.mark.parametrize("root, message", [
+    ("/", "data.root must be a dataset folder, not the filesystem root: '/'"),
+    ("/../..", "data.root must be a dataset folder, not the filesystem root: '/../..'"),
+    (str(ROOT), f"data.root must be a dataset folder, not the project ({ROOT}) or a folder "
+                f"containing it: {str(ROOT)!r}"),
+    (str(ROOT.parent), f"not the project ({ROOT}) or a folder containing it"),
+    (str(ROOT / "models"), "data.root must be a dataset folder, not one holding the pipeline's "
+                           "outputs ['models/exported', 'models/pipeline.config', 'models/train']"),
+    (str(ROOT / "data"), "holding the pipeline's outputs ['data/tfrecords']"),
+    (str(ROOT / "data" / "tfrecords"), "holding the pipeline's outputs ['data/tfrecords']"),
+    (str(ROOT / "reports"), "holding the pipeline's outputs ['reports/detections.json'"),
+])
+def test_a_dataset_root_holding_the_project_or_its_outputs_is_refused(root, message):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({"data": {"root": root}})
+    assert message in str(err.value)
+    assert str(err.value).endswith(repr(root))
+
+
+def test_relative_dataset_roots_are_resolved_from_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ParamsError, match="not the project"):
+        params_from_dict({"data": {"root": "."}})
+    with pytest.raises(ParamsError, match="outputs"):
+        params_from_dict({"data": {"root": "data/"}})
+    assert params_from_dict({"data": {"root": "data/sample"}}).data.root == "data/sample"
+    monkeypatch.chdir(tmp_path)
+    assert params_from_dict({"data": {"root": "."}}).data.root == "."
+    assert params_from_dict({"data": {"root": "gs://bucket/voc"}}).data.root == "gs://bucket/voc"
+
+
+def test_check_params_command_validates_without_doing_work(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["check-params", "--params", str(ROOT / "params.yaml")]) == 0
+    assert capsys.readouterr().out == f"{ROOT / 'params.yaml'}: valid\n"
+    (tmp_path / "p.yaml").write_text("train: {}\ntrain: {}\n")
+    assert main(["check-params", "--params", str(tmp_path / "p.yaml")]) == 2
+    assert "duplicate key 'train'" in capsys.readouterr().err

@@ -56,13 +56,32 @@ def test_champion_moves_only_to_a_better_map_on_the_same_split(export_dir, tmp_p
     model = mlflow.pyfunc.load_model("models:/detector@champion")
     outputs = model.predict(np.zeros((2, 32, 32, 3), np.uint8))
     assert outputs["detection_scores"].shape == (2, 1)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/detector/1")).read_text()
+    assert f"tensorflow=={tf.__version__}" in requirements.split()
 
 
-def test_split_hash_identifies_the_test_records(tmp_path):
-    (tmp_path / "test.tfrecord-00000-of-00001").write_bytes(b"abc")
-    (tmp_path / "train.tfrecord-00000-of-00001").write_bytes(b"xyz")
-    first = registry.split_hash(tmp_path)
-    (tmp_path / "train.tfrecord-00000-of-00001").write_bytes(b"changed")
-    assert registry.split_hash(tmp_path) == first  # only the test split counts
-    (tmp_path / "test.tfrecord-00000-of-00001").write_bytes(b"abd")
-    assert registry.split_hash(tmp_path) != first
+def test_serving_requirements_are_the_installed_versions():
+    import tf_keras
+
+    wanted = registry.serving_requirements()
+    assert f"tensorflow=={tf.__version__}" in wanted
+    assert f"tf-keras=={tf_keras.__version__}" in wanted
+    assert f"numpy=={np.__version__}" in wanted
+
+
+def test_split_hash_depends_on_the_test_content_not_on_its_sharding(tmp_path):
+    from tests.test_report import OBJECTS, _example, _write_data
+
+    examples = [_example(i, objects) for i, objects in enumerate(OBJECTS)]
+    one = registry.split_hash(_write_data(tmp_path / "one", examples, shards=1))
+    three = _write_data(tmp_path / "three", examples[::-1], shards=3)
+    (three / "train.tfrecord-00000-of-00001").write_bytes(b"not the test split")
+    assert registry.split_hash(three) == one  # same images and boxes, other shards and order
+    moved = [list(objects) for objects in OBJECTS]
+    moved[1] = [([0.2, 0.3, 0.7, 0.81], 2)]  # one box edge moved
+    changed = [_example(i, objects) for i, objects in enumerate(moved)]
+    assert registry.split_hash(_write_data(tmp_path / "changed", changed, shards=1)) != one
+    relabelled = [list(objects) for objects in OBJECTS]
+    relabelled[1] = [([0.2, 0.3, 0.7, 0.8], 1)]
+    changed = [_example(i, objects) for i, objects in enumerate(relabelled)]
+    assert registry.split_hash(_write_data(tmp_path / "relabelled", changed, shards=1)) != one

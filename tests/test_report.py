@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import cli, report
+from pipeline import cli, confusion, report, report_outputs
 from pipeline.errors import PipelineError
 from pipeline.params import ReportParams
 
@@ -320,3 +320,60 @@ def test_saved_coco_files_rescore_to_the_reported_metrics(data_dir, tmp_path):
     assert 0 < saved["map"] < 1  # a non-trivial score, not all ones or zeros
     for key, value in zip(keys, evaluator.stats):
         assert saved[key] == (None if value < 0 else pytest.approx(value)), key
+
+
+# --- many classes (issue 13, 8) ----------------------------------------------------------------
+
+def _many_classes(count: int) -> confusion.ConfusionResult:
+    rng = np.random.default_rng(count)
+    labels = [f"class_{k:03d}" for k in range(count)] + [confusion.BACKGROUND]
+    matrix = rng.poisson(0.2, (count + 1, count + 1))
+    matrix[np.diag_indices(count)] += 20
+    matrix[count, count] = 0
+    return confusion.ConfusionResult(labels, matrix, {})
+
+
+@pytest.mark.parametrize("count", [100, 300])
+def test_confusion_picture_is_bounded_and_the_csv_complete_for_many_classes(tmp_path, count):
+    import time
+
+    import cv2
+
+    result = _many_classes(count)
+    start = time.perf_counter()
+    report_outputs.plot_confusion(tmp_path / "c.png", result, {"iou": 0.5, "score_threshold": 0.5})
+    assert time.perf_counter() - start < 30  # before: 66 s and 3.8 GB at 100 classes
+    height, width = cv2.imread(str(tmp_path / "c.png")).shape[:2]
+    assert height <= 2000 and width <= 2000  # before: 10260 x 12319 px at 100 classes
+    report_outputs.write_confusion_csv(tmp_path / "c.csv", result)
+    with (tmp_path / "c.csv").open() as f:
+        rows = [(r["actual"], r["predicted"]) for r in csv.DictReader(f)]
+    assert {a for a, _ in rows} | {p for _, p in rows} == set(result.labels)
+    assert len(rows) == result.matrix.sum()
+
+
+def test_small_confusion_pictures_keep_their_size(tmp_path):
+    import cv2
+
+    path = tmp_path / "c.png"
+    report_outputs.plot_confusion(path, _many_classes(3), {"iou": 0.5, "score_threshold": 0.5})
+    assert cv2.imread(str(path)).shape[:2] == (560, 680)
+
+
+def test_top_confusions_are_the_largest_off_diagonal_cells():
+    matrix = np.array([[9, 2, 0], [5, 9, 1], [0, 2, 0]])
+    result = confusion.ConfusionResult(["a", "b", confusion.BACKGROUND], matrix, {})
+    assert confusion.top_confusions(result, 3) == [(1, 0), (0, 1), (2, 1)]
+    assert confusion.top_confusions(result, 10) == [(1, 0), (0, 1), (2, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("count, legend", [(3, True), (300, False)])
+def test_pr_plot_names_classes_in_a_legend_only_when_it_fits(tmp_path, monkeypatch, count, legend):
+    figures = []
+    make_figure = report_outputs._figure
+    monkeypatch.setattr(report_outputs, "_figure", lambda *a: figures.append(make_figure(*a))
+                        or figures[-1])
+    recall = np.linspace(0, 1, 101)
+    curves = {f"class_{k}": (recall, 1 - recall / 2) for k in range(count)}
+    report_outputs.plot_pr_curves(tmp_path / "pr.png", curves, {n: {"ap50": 0.5} for n in curves})
+    assert (figures[0].axes[0].get_legend() is not None) == legend
