@@ -84,7 +84,8 @@ def render(model: ModelParams, train: TrainParams, data_dir: Path):
                       peak_learning_rate(model, train))
     set_augmentations(config, train.augmentations)
     set_post_processing(config, model)
-    set_fine_tune_checkpoint(config, checkpoints.resolve(model, zoo.spec_for(model.name)))
+    set_fine_tune_checkpoint(config, checkpoints.resolve(
+        model, zoo.spec_for(model.name), checkpoints.architecture_of(config)))
     set_inputs(config, data_dir, label_map)
     return config
 

@@ -160,6 +160,7 @@ class ModelParams:
     image_size: int = field(default=0, metadata=_rng(0, 2048))
     checkpoint: str = "none"
     checkpoint_sha256: str = ""
+    checkpoint_url: str = ""
     score_threshold: float = field(default=1e-8, metadata=_rng(0.0, 1.0))
     nms_iou_threshold: float = field(default=0.6, metadata=_rng(0.01, 1.0))
     max_detections: int = field(default=100, metadata=_rng(1, 10_000))
@@ -178,6 +179,9 @@ class ModelParams:
                               f"got {self.checkpoint_sha256!r}")
         if self.checkpoint_sha256 and self.checkpoint == "none":
             raise ParamsError("model.checkpoint_sha256 is set but model.checkpoint is 'none'")
+        if self.checkpoint_url and not self.checkpoint_url.startswith(("https://", "http://")):
+            raise ParamsError("model.checkpoint_url must be '' or an https:// (or http://) base "
+                              f"URL, got {self.checkpoint_url!r}")
 
 
 def _is_sha256(text: str) -> bool:
@@ -192,6 +196,7 @@ class TrainParams:
     num_steps: int = field(default=800, metadata=_rng(1, 10_000_000))
     learning_rate: float = field(default=0.0, metadata=_rng(0.0, 10.0))
     warmup_steps: int = field(default=80, metadata=_rng(0, 10_000_000))
+    freeze_backbone_steps: int = field(default=0, metadata=_rng(-1, 10_000_000))
     checkpoint_every_n: int = field(default=200, metadata=_rng(1, 10_000_000))
     max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
     augmentations: tuple[str, ...] = ()
