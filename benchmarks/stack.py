@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_worker(args: argparse.Namespace) -> None:
     """One training through the train stage segment of the checkout ``SRC``; print images/s."""
     src, config, model_dir = (Path(p) for p in args.worker)
-    sys.path[:0] = [str(src / "benchmarks"), str(src)]
+    # The package first: benchmarks/pipeline.py would shadow it.
+    sys.path[:0] = [str(src)]
+    sys.path.append(str(src / "benchmarks"))
     import pipeline  # noqa: F401  (that checkout's; the new one sets TF_USE_LEGACY_KERAS)
     import models  # that checkout's benchmarks/models.py
 
@@ -86,7 +88,7 @@ def old_side(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
 
 def prepare(work: Path, batch_size: int, steps: int) -> Path:
     """The sample's TFRecords and the default template's config, by this checkout's stages."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.append(str(ROOT / "benchmarks"))
     import models
 
     models.prepare_data(work)
