@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,16 @@ SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "find_python.sh"
 
 
 def find_python(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "PYENV_ROOT": str(tmp_path / "pyenv")}
-    return subprocess.run(["sh", str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    """Run the script with a PATH of ``tmp_path/bin`` alone (plus the two tools it calls), so
+    that the machine's own Pythons (/usr/bin/python3.X) are not found."""
+    tools = tmp_path / "bin"
+    tools.mkdir(exist_ok=True)
+    for tool in ("ls", "sort"):
+        if not (tools / tool).exists():
+            (tools / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(tools), "PYENV_ROOT": str(tmp_path / "pyenv")}
+    return subprocess.run([shutil.which("sh"), str(SCRIPT), *args], capture_output=True,
+                          text=True, env=env, timeout=60)
 
 
 def test_the_newest_supported_python_on_path_is_chosen(tmp_path):
@@ -31,14 +39,12 @@ def test_a_version_is_found_among_pyenv_versions(tmp_path):
     installed = tmp_path / "pyenv" / "versions" / f"{version}.1" / "bin"
     installed.mkdir(parents=True)
     (installed / f"python{version}").symlink_to(sys.executable)
-    (tmp_path / "bin").mkdir()
     result = find_python(tmp_path, version)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(installed / f"python{version}")
 
 
 def test_no_supported_python_is_one_line_naming_the_versions(tmp_path):
-    (tmp_path / "bin").mkdir()
     result = find_python(tmp_path, "3.10")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "3.13, 3.12 or 3.11" in result.stderr
