@@ -2,8 +2,8 @@
 detection`` 2.8.0.post1) and the rest of the locked stack (TensorFlow 2.21 with tf-keras,
 protobuf 6, NumPy 2; see ``requirements/``).
 
-Nothing happens at import time but shim 0, which only sets an environment variable (the
-``pipeline`` package calls it first thing): call :func:`apply` before importing
+Nothing happens at import time. The ``pipeline`` package calls shim 0 (an environment variable)
+and the noise filter (0b) when it is imported; call :func:`apply` before importing
 ``object_detection``. Every shim is idempotent, says which upstream problem it works around and
 when to drop it.
 """
@@ -32,8 +32,7 @@ def apply() -> None:
     with _lock:
         if _applied:
             return
-        use_legacy_keras()
-        require_legacy_keras()
+        require_legacy_keras()  # use_legacy_keras() ran when the package was imported
         install_proto_descriptor_loader()
         provide_tf_slim_control_flow()
         provide_pillow_font_getsize()
