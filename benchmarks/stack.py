@@ -73,17 +73,16 @@ def sh(cmd: list, cwd: Path = ROOT, env: dict | None = None) -> str:
     return result.stdout
 
 
-def old_side(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
-    """(python, source checkout) of the old side: a git worktree at ``--old-rev`` and its
+def old_side(args: argparse.Namespace, src: Path) -> Path:
+    """The old side's python: a git worktree at ``--old-rev`` checked out in ``src`` and its
     environment (created from that commit's requirements.lock when missing)."""
-    src = work / "old-src"
     sh(["git", "worktree", "add", "--detach", src, args.old_rev])
     python = args.old_venv / "bin" / "python"
     if not python.exists():
         print(f"creating {args.old_venv} from {args.old_rev}:requirements.lock", flush=True)
         sh([args.old_python, "-m", "venv", args.old_venv])
         sh([python, "-m", "pip", "install", "--quiet", "-r", src / "requirements.lock"])
-    return python, src
+    return python
 
 
 def prepare(work: Path, batch_size: int, steps: int) -> Path:
@@ -113,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
         work = Path(tmp)
-        old_python, old_src = old_side(args, work)
+        old_src = work / "old-src"
         try:
+            old_python = old_side(args, old_src)
             config = prepare(work, args.batch_size, args.steps)
             sides = {"old": (old_python, old_src), "new": (Path(sys.executable), ROOT)}
             rounds = []
@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
                                          / figures["old"]["images_per_second"], 3)
                 print(json.dumps({"round": index, **figures}), flush=True)
                 rounds.append(figures)
-        finally:
-            sh(["git", "worktree", "remove", "--force", old_src])
+        finally:  # also when the old environment could not be built
+            if old_src.exists():
+                sh(["git", "worktree", "remove", "--force", old_src])
     ratios = [r["ratio"] for r in rounds]
     summary = {side: statistics.median(r[side]["images_per_second"] for r in rounds)
                for side in ("old", "new")}
