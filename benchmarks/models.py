@@ -4,7 +4,7 @@
    (one step per loop iteration, input built as the train stage builds it) on the built-in
    sample data, median over the steps after the warm-up ones (the first step traces the graph).
 2. One config (the default template at its default size) trained through the train stage's
-   code (``pipeline.train.train_with_model_main``: ``model_main_tf2`` with the project's compat
+   code (``pipeline.stages.train.train_with_model_main``: ``model_main_tf2`` with the project's compat
    shims and the stage's per-step monitor) and through a bare ``model_lib_v2.train_loop`` call
    with its defaults (blocks of 100 steps, tf.data autotuning on, no shim around the loop)
    under the ``MirroredStrategy`` model_main_tf2 uses. Throughput on this 2-core VM varies by
@@ -80,7 +80,7 @@ def alternate_stage_and_bare(config: Path, work: Path, steps: int, rounds: int,
                              batch_size: int, warmup_steps: int) -> list[dict]:
     """``rounds`` rounds of one training per side, in this process, the order alternating so
     that neither side always runs first; each on a fresh model directory."""
-    from pipeline import compat
+    from pipeline.core import compat
 
     compat.apply()
     from object_detection import model_lib_v2
@@ -127,7 +127,7 @@ def train_stage_segment(config: Path, model_dir: Path, steps: int, every_n: int,
     """One training segment as the train stage runs it: its per-step monitor (progress, NaN/Inf
     guard) installed, ``model_main_tf2`` called with the stage's flags."""
     from pipeline import compat  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads
-    from pipeline.train import TrainMonitor, model_main_argv, train_with_model_main
+    from pipeline.stages.train import TrainMonitor, model_main_argv, train_with_model_main
 
     compat.apply()
     import tensorflow as tf
@@ -145,7 +145,7 @@ def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: in
     size (100 steps) unless ``per_iteration`` is given. ``stage_input``: build the input as the
     train stage does (tf.data autotune off, which avoids a stall of up to 58 s when the loop
     ends; see compat.py, shim 5)."""
-    from pipeline import compat
+    from pipeline.core import compat
 
     compat.apply()
     import tensorflow as tf
@@ -165,7 +165,7 @@ def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: in
 def steady_rate(event_dir: Path, warmup_steps: int, batch_size: int) -> float:
     """Images/s over the loop blocks that start at or after ``warmup_steps`` (the first steps
     include tracing), from the ``steps_per_sec`` scalar train_loop writes after each block."""
-    from pipeline.train import read_scalars
+    from pipeline.stages.train import read_scalars
 
     steps = seconds = 0.0
     previous = 0
@@ -232,7 +232,7 @@ def train_loop_timing(config: Path, model_dir: Path, steps: int) -> dict:
 
 
 def steps_per_sec(event_dir: Path) -> list[float]:
-    from pipeline.train import read_scalars
+    from pipeline.stages.train import read_scalars
 
     return [value for _, value in sorted(read_scalars(event_dir).get("steps_per_sec", []))]
 
@@ -243,7 +243,7 @@ def time_template(work: Path, model: str, batch_size: int) -> dict:
     result = train_loop_timing(config, work / f"run_{model}", steps)
     measured = result["steps_per_sec"][WARMUP_STEPS:]
     rate = statistics.median(measured) * batch_size
-    from pipeline import configure as configure_stage
+    from pipeline.stages import configure as configure_stage
 
     size = configure_stage.image_size(configure_stage.load_template(model))
     return {"model": model, "image_size": size, "batch_size": batch_size,

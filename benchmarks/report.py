@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
-def record_model_calls(report) -> list[tuple[float, float]]:
-    """Wrap ``report.Detector.__call__``; the returned list receives (start, end) per call."""
-    original, calls = report.Detector.__call__, []
+def record_model_calls(detector) -> list[tuple[float, float]]:
+    """Wrap ``detector.Detector.__call__``; the returned list receives (start, end) per call."""
+    original, calls = detector.Detector.__call__, []
 
     def call(self, inputs):
         start = time.perf_counter()
@@ -44,7 +44,7 @@ def record_model_calls(report) -> list[tuple[float, float]]:
         calls.append((start, time.perf_counter()))
         return result
 
-    report.Detector.__call__ = call
+    detector.Detector.__call__ = call
     return calls
 
 
@@ -84,12 +84,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="alternating rounds (best kept)")
     args = parser.parse_args()
 
-    from pipeline import export, report
-    from pipeline.params import ReportParams
+    from pipeline.odapi import detector
+    from pipeline.stages import export
+    from pipeline.stages import report
+    from pipeline.core.params import ReportParams
 
     settings = ReportParams(registered_model="", sample_images=0, worst_images=0)
-    images = [export.decode_example_image(e) for e in export.test_examples(args.data, 10**9)]
-    calls = record_model_calls(report)
+    images = [detector.decode_example_image(e) for e in export.test_examples(args.data, 10**9)]
+    calls = record_model_calls(detector)
     rounds = []
     for _ in range(args.repeat):
         rounds.append((*report_round(report, args, settings, calls),

@@ -1,5 +1,5 @@
 """Train custom object detectors with the TF2 Object Detection API, as a DVC pipeline."""
-from pipeline import compat
+from pipeline.core import compat
 
 # Before anything in this process imports TensorFlow (compat shim 0): Keras 2 as tf.keras.
 compat.use_legacy_keras()

@@ -11,21 +11,21 @@ import importlib
 import logging
 import sys
 
-from pipeline import redaction
-from pipeline.errors import PipelineError
-from pipeline.params import ParamsError, load_params
+from pipeline.core import redaction
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import ParamsError, load_params
 
 #: stage name -> (module, one-line help)
 STAGES = {
-    "sample": ("pipeline.sample_stage", "generate the built-in synthetic VOC dataset"),
-    "convert": ("pipeline.convert", "convert a VOC or COCO dataset to sharded TFRecords (Beam)"),
-    "configure": ("pipeline.configure", "render pipeline.config from a template and params"),
-    "train": ("pipeline.train", "train with the OD API's model_main_tf2"),
-    "export": ("pipeline.export", "export a SavedModel, verify it against the checkpoint, TFLite"),
-    "report": ("pipeline.report", "test-set metrics, plots, HTML report; register the model"),
-    "predict": ("pipeline.predict", "run an exported model on images, folders and videos"),
-    "sync-mlflow": ("pipeline.sync_mlflow", "send MLflow records a training kept locally"),
-    "check-params": ("pipeline.check_params", "validate the params file (run before dvc repro)"),
+    "sample": ("pipeline.stages.sample", "generate the built-in synthetic VOC dataset"),
+    "convert": ("pipeline.stages.convert", "convert a VOC or COCO dataset to sharded TFRecords (Beam)"),
+    "configure": ("pipeline.stages.configure", "render pipeline.config from a template and params"),
+    "train": ("pipeline.stages.train", "train with the OD API's model_main_tf2"),
+    "export": ("pipeline.stages.export", "export a SavedModel, verify it against the checkpoint, TFLite"),
+    "report": ("pipeline.stages.report", "test-set metrics, plots, HTML report; register the model"),
+    "predict": ("pipeline.stages.predict", "run an exported model on images, folders and videos"),
+    "sync-mlflow": ("pipeline.stages.sync_mlflow", "send MLflow records a training kept locally"),
+    "check-params": ("pipeline.stages.check_params", "validate the params file (run before dvc repro)"),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_end_to_end import make_project, run
+from tests.stages.test_end_to_end import make_project, run
 
 TINY_PARAMS = {
     "sample": {"num_images": 30, "image_size": 128, "max_objects": 3, "val_fraction": 0.1,

@@ -1,0 +1,175 @@
+"""MLflow model registry: each reported model becomes a new version; ``champion`` follows the best.
+
+The export directory is logged as an MLflow pyfunc (:class:`SavedModelDetector` wrapping
+``saved_model/``) in the report's run and registered under ``report.registered_model``. The
+version is tagged with its test ``map`` and the hash of the test split's content
+(:func:`split_hash`). The report journals the registration (:func:`record_registration`); it
+happens when the journal is sent, or later through ``sync-mlflow`` if the server was down.
+The alias ``champion`` moves to the new version only when there is no champion yet, or the
+champion was scored on the same test split (same hash) and the new ``map`` is strictly higher;
+scores on different test splits are not comparable, so the alias then stays where it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.tracking import client as tracking
+from pipeline.core.params import MlflowParams
+
+if TYPE_CHECKING:  # the journal imports this module when it replays a registration
+    from pipeline.tracking.journal import RunJournal
+
+try:  # MLflow is a dependency of the project; the class must be importable to load models
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object
+
+log = logging.getLogger(__name__)
+
+#: What the logged pyfunc needs to load and run the SavedModel, pinned to the installed versions
+#: (MLflow adds itself): TensorFlow runs the graph, tf-keras is the tf.keras the OD API built it
+#: with (TF_USE_LEGACY_KERAS), NumPy carries the arrays in and out.
+SERVING_PACKAGES = ("tensorflow", "tf-keras", "numpy")
+
+CHAMPION = "champion"
+MAP_TAG = "test_map"
+SPLIT_TAG = "test_split_sha256"
+
+
+class SavedModelDetector(PythonModel):
+    """pyfunc: uint8 images ``[N, H, W, 3]`` in, the exporter's detection arrays out."""
+
+    def load_context(self, context) -> None:
+        import tensorflow as tf
+
+        self._model = tf.saved_model.load(context.artifacts["saved_model"])
+
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would
+        # treat them as an input schema to validate against
+        import numpy as np
+        import tensorflow as tf
+
+        detect = self._model.signatures["serving_default"]
+        outputs = [detect(input_tensor=tf.constant(np.asarray(image, np.uint8)[None]))
+                   for image in model_input]
+        return {key: np.concatenate([o[key].numpy() for o in outputs])
+                for key in ("detection_boxes", "detection_scores", "detection_classes",
+                            "num_detections")}
+
+
+def serving_requirements() -> list[str]:
+    """``name==version`` of each of :data:`SERVING_PACKAGES` as installed here."""
+    return [f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES]
+
+
+def split_hash(data_dir: str | Path) -> str:
+    """SHA-256 identifying the test split by its content, whatever its sharding.
+
+    Each test record is hashed over its decoded image (shape and pixels) and its annotations
+    (boxes and class labels, object order ignored); the split's hash covers the sorted record
+    hashes, so the same images and boxes written into other shards, in another order or
+    re-encoded losslessly give the same hash, and any changed box or pixel a different one.
+    """
+    import tensorflow as tf
+
+    files = sorted(str(p) for p in Path(data_dir).glob("test.tfrecord-*"))
+    digests = sorted(_record_digest(r.numpy()) for r in tf.data.TFRecordDataset(files))
+    digest = hashlib.sha256()
+    for record in digests:
+        digest.update(record)
+    return digest.hexdigest()
+
+
+def _record_digest(serialized: bytes) -> bytes:
+    import numpy as np
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(serialized).features.feature
+    image = tf.io.decode_image(example["image/encoded"].bytes_list.value[0], channels=3,
+                               expand_animations=False).numpy()
+
+    def floats(key: str) -> list[float]:
+        return list(example[key].float_list.value) if key in example else []
+
+    boxes = zip(*(floats(f"image/object/bbox/{k}") for k in ("ymin", "xmin", "ymax", "xmax")))
+    labels = list(example["image/object/class/label"].int64_list.value
+                  if "image/object/class/label" in example else [])
+    objects = sorted(f"{label}:{','.join(f'{v:.6f}' for v in box)}"
+                     for label, box in zip(labels, boxes))
+    digest = hashlib.sha256(str(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    digest.update("\n".join(objects).encode())
+    return digest.digest()
+
+
+def record_registration(journal: RunJournal, name: str, model_dir: Path,
+                        metrics: dict, test_split: str) -> None:
+    """Journal the registration of ``model_dir`` as a new version of ``name``.
+
+    It is done when the journal is sent (:func:`replay`), so a tracking server that is down
+    delays it to ``sync-mlflow`` instead of losing it.
+    """
+    saved_model = Path(model_dir).resolve() / "saved_model"
+    journal.register({"name": name, "model_dir": str(Path(model_dir).resolve()),
+                      "map": metrics["map"], "test_split": test_split,
+                      "saved_model_sha256": tracking.file_sha256(saved_model / "saved_model.pb")})
+
+
+def replay(settings: MlflowParams, run_id: str, record: dict) -> dict | None:
+    """Register a journaled model version (from :func:`record_registration`) in ``run_id``.
+
+    Skipped with a warning when the exported model changed since it was reported.
+    """
+    model_dir = Path(record["model_dir"])
+    graph = model_dir / "saved_model" / "saved_model.pb"
+    if not graph.is_file() or tracking.file_sha256(graph) != record["saved_model_sha256"]:
+        log.warning("not registered as %s: the model reported in run %s is no longer at %s "
+                    "(exported again since?)", record["name"], run_id, model_dir)
+        return None
+    return register(settings, record["name"], run_id, model_dir, {"map": record["map"]},
+                    record["test_split"])
+
+
+def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: Path,
+             metrics: dict, test_split: str) -> dict:
+    """Log and register the model as a new version; move ``champion`` if it wins.
+
+    Returns ``{"version", "champion" (bool), "reason"}``.
+    """
+    with tracking.start_run(settings, "register", run_id=run_id) as mlflow:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=SavedModelDetector(),
+            artifacts={"saved_model": str(Path(model_dir) / "saved_model")},
+            pip_requirements=serving_requirements(), registered_model_name=name)
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, MAP_TAG, str(metrics["map"]))
+    client.set_model_version_tag(name, version, SPLIT_TAG, test_split)
+    promote, reason = _should_promote(client, name, metrics["map"], test_split)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    log.info("registered %s version %s (map %s); champion: %s", name, version, metrics["map"],
+             reason)
+    return {"version": version, "champion": promote, "reason": reason}
+
+
+def _should_promote(client: Any, name: str, new_map: float | None,
+                    test_split: str) -> tuple[bool, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return True, "first version with a test map: made champion"
+    if current.tags.get(SPLIT_TAG) != test_split:
+        return False, (f"champion (version {current.version}) was scored on another test split; "
+                       "alias not moved")
+    old = current.tags.get(MAP_TAG)
+    old_map = None if old in (None, "None") else float(old)
+    if new_map is not None and (old_map is None or new_map > old_map):
+        return True, f"map {new_map:.4f} beats version {current.version}'s {old_map}"
+    return False, f"map {new_map} does not beat version {current.version}'s {old_map}"
