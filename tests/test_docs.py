@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import networkx
 import pytest
 from markdown_it import MarkdownIt
 
@@ -85,3 +87,36 @@ def test_params_reference_documents_every_key_with_its_comment(tmp_path):
     assert "intro" in text and "## alpha" in text and "the first section" in text
     assert "| `alpha.size` | `3` | pixels [1, 9] \\| or more |" in text
     assert '| `alpha.name` | `""` | "" = none |' in text
+
+
+# --- promises of the README that no other test states ---------------------------------------
+
+def commands_in_docs() -> set[str]:
+    """The ``python -m pipeline COMMAND`` names used in README.md and docs/*.md."""
+    text = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+    return set(re.findall(r"python -m pipeline ([a-z][a-z-]*)", text))
+
+
+def test_every_command_the_docs_name_accepts_params_and_help(capsys):
+    """README: "Every stage accepts `--params FILE` and `--help`"."""
+    from pipeline.cli import main
+
+    commands = commands_in_docs()
+    assert {"sample", "convert", "train", "report", "predict", "check-params"} <= commands
+    for command in sorted(commands):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0, f"python -m pipeline {command} --help failed"
+        assert "--params" in capsys.readouterr().out, f"{command} has no --params option"
+
+
+def test_changing_train_num_steps_reruns_configure_train_export_report_only():
+    """README: changing `train.num_steps` re-runs configure, train, export and report only."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        graph = repo.index.graph  # edges go from a stage to the stages it depends on
+        direct = {stage for stage in repo.index.stages
+                  if any({"train", "train.num_steps"} & set(dep.params) for dep in stage.params)}
+        rerun = direct.union(*(networkx.ancestors(graph, stage) for stage in direct))
+        assert {stage.addressing for stage in rerun} == {"configure", "train", "export", "report"}
