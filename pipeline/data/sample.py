@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.core.outputs import staged_output
+from pipeline.core.files import staged_output
 from pipeline.core.params import SampleParams
 from pipeline.core.records import ObjectAnnotation
 

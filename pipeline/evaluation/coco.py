@@ -18,12 +18,13 @@ import contextlib
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from pipeline.core import files
 
 log = logging.getLogger(__name__)
 
@@ -216,21 +217,5 @@ def compute_metrics(groundtruth: dict, detections: list[dict]) -> dict[str, Any]
 
 def save_coco(groundtruth: dict, detections: list[dict], output_dir: str | Path) -> None:
     """Write ``groundtruth.json`` and ``detections.json`` (COCO format) into ``output_dir``."""
-    write_json(Path(output_dir) / "groundtruth.json", groundtruth)
-    write_json(Path(output_dir) / "detections.json", detections)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename): readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open() (not mkstemp, which makes files 0600) keeps the usual umask permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    files.write_json_atomic(Path(output_dir) / "groundtruth.json", groundtruth)
+    files.write_json_atomic(Path(output_dir) / "detections.json", detections)

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.core import files
 from pipeline.evaluation import coco as coco_eval
 from pipeline.evaluation import confusion
 from pipeline.evaluation import drawing
@@ -47,14 +48,8 @@ def write_all(output_dir: Path, metrics: dict, groundtruth: dict, results: list[
     samples, worst = draw_pictures(output_dir / "images", pictures, matrix.errors_per_image)
     page = html_report.render(metrics, [plots / "pr_curve.png", plots / "confusion_matrix.png"],
                               samples, worst)
-    _write_text(output_dir / "report.html", page)
-    coco_eval.write_json(output_dir / "metrics.json", metrics)  # last: marks a finished report
-
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    files.write_text_atomic(output_dir / "report.html", page)
+    files.write_json_atomic(output_dir / "metrics.json", metrics)  # last: marks a finished report
 
 
 def write_per_class_csv(path: Path, per_class: dict[str, dict]) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from pipeline.core import files
 from pipeline.core.errors import PipelineError
 from pipeline.core.errors import ParamsError
 from pipeline.core.layout import CONFIGS_DIR
@@ -131,9 +132,7 @@ def pin_on_first_use(archive_name: str, archive: Path, sha256: str, url: str,
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     entries[archive_name] = asdict(LockEntry(sha256=sha256, size=archive.stat().st_size, url=url,
                                              date=now.isoformat().replace("+00:00", "Z")))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(LOCK_HEADER + yaml.safe_dump(entries, sort_keys=True))
-    os.replace(tmp, path)
+    files.write_text_atomic(path, LOCK_HEADER + yaml.safe_dump(entries, sort_keys=True))
     log.warning("pinned on first use: %s has sha256 %s (%d bytes, from %s), recorded in %s; "
                 "commit that file", archive.name, sha256, entries[archive_name]["size"], url, path)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 from pipeline.odapi import checkpoints
-from pipeline.core import compat
+from pipeline.core import compat, files
 from pipeline.tracking import journal as tracking
 from pipeline.odapi import templates as zoo
 from pipeline.core.errors import PipelineError
@@ -256,12 +255,9 @@ def write_config(config, path: Path) -> None:
     compat.apply()
     from object_detection.utils import config_util
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(_serialize(config))
-    try:
-        config_util.get_configs_from_pipeline_file(str(tmp))
-    except Exception as err:  # any parse failure means the rendered file is unusable
-        tmp.unlink()
-        raise PipelineError(f"rendered pipeline.config does not parse: {err}") from err
-    os.replace(tmp, path)
+    with files.atomic_file(path) as temporary:
+        temporary.write_text(_serialize(config))
+        try:
+            config_util.get_configs_from_pipeline_file(str(temporary))
+        except Exception as err:  # any parse failure means the rendered file is unusable
+            raise PipelineError(f"rendered pipeline.config does not parse: {err}") from err

@@ -56,7 +56,7 @@ from pipeline.data.readers.coco import read_coco
 from pipeline.core.errors import PipelineError
 from pipeline.data.images import ImageTooLarge, open_image, to_rgb
 from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
-from pipeline.core.outputs import staged_output
+from pipeline.core.files import staged_output
 from pipeline.core.params import ConvertParams, DataParams, Params
 from pipeline.core.records import SPLITS, ImageRecord, ObjectAnnotation, is_inside, link_leaving
 from pipeline.data.tfexample import build_example

@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.core import compat
 from pipeline.tracking import journal as tracking
 from pipeline.core.errors import PipelineError
-from pipeline.core.outputs import staged_output
+from pipeline.core.files import staged_output
 from pipeline.core.params import Params
 from pipeline.odapi.detector import DETECTION_KEYS, decode_example_image, encoded_image
 

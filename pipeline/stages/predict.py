@@ -13,7 +13,6 @@ input or another output (:func:`output_file`); an ``--output`` inside an input i
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ import numpy as np
 
 from pipeline.evaluation import drawing
 from pipeline.data import images
-from pipeline.core import outputs
+from pipeline.core import files
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 
@@ -156,13 +155,13 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
 def predict_all(predictor: Predictor, inputs: list[Path], output: Path) -> dict:
     """Process every input; write ``output/detections.json``; return its content."""
     check_output_folder(output, inputs)
-    files, skipped = expand_inputs(inputs)
+    paths, skipped = expand_inputs(inputs)
     output.mkdir(parents=True, exist_ok=True)
     results = []
     here = os.path.realpath(output)
-    names = {RESULT_FILE, RESULT_FILE + ".partial"} | {  # inputs in --output: never overwritten
-        f.name.lower() for f in files if os.path.realpath(f.parent) == here}
-    for path in files:
+    names = {RESULT_FILE} | {  # inputs in --output: never overwritten
+        f.name.lower() for f in paths if os.path.realpath(f.parent) == here}
+    for path in paths:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         target = output_file(output, path, ".mp4" if is_video else ".png", names)
         try:
@@ -176,9 +175,7 @@ def predict_all(predictor: Predictor, inputs: list[Path], output: Path) -> dict:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     summary = {"score_threshold": predictor.score_threshold,
                "max_detections": predictor.max_detections, "inputs": results, "skipped": skipped}
-    partial = output / (RESULT_FILE + ".partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    partial.replace(output / RESULT_FILE)
+    files.write_json_atomic(output / RESULT_FILE, summary)
     if not results:
         raise PipelineError(f"none of the {len(inputs)} input(s) could be read "
                             f"({len(skipped)} skipped; see above)")
@@ -190,7 +187,7 @@ def check_output_folder(output: Path, inputs: list[Path]) -> None:
     """PipelineError when ``output`` is a file, or equals or lies inside an input: writing
     there could overwrite the inputs."""
     for source in inputs:
-        if source.exists() and outputs.is_within(output, source):
+        if source.exists() and files.is_within(output, source):
             raise PipelineError(f"--output {output} is (inside) the input {source}: predictions "
                                 "could overwrite inputs; choose another output folder")
     if output.exists() and not output.is_dir():

@@ -33,8 +33,7 @@ import yaml
 
 from pipeline.training import checkpoint_eval
 from pipeline.core import compat
-from pipeline.core import durable
-from pipeline.core import outputs
+from pipeline.core import files
 from pipeline.tracking import journal as tracking
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params, TrainParams
@@ -159,12 +158,12 @@ def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
                     ", ".join(changed))
     if stored != current:
         if stored is None and not has_checkpoints:
-            outputs.check_replaceable(model_dir)  # not a training folder: never emptied
+            files.check_replaceable(model_dir)  # not a training folder: never emptied
         shutil.rmtree(model_dir, ignore_errors=True)
     elif has_checkpoints:
         log.info("resuming from %s (step %d)", model_dir, compat.checkpoint_step(model_dir))
     model_dir.mkdir(parents=True, exist_ok=True)
-    durable.write_text_atomic(path, json.dumps(current, indent=1) + "\n")  # crash-safe
+    files.write_text_atomic(path, json.dumps(current, indent=1) + "\n")  # crash-safe
 
 
 def segment_ends(start: int, num_steps: int, eval_every_n: int) -> list[int]:
@@ -357,17 +356,15 @@ def load_history(model_dir: Path) -> dict[str, dict[str, float]]:
 
 
 def save_history(model_dir: Path, history: dict[str, dict[str, float]]) -> None:
-    partial = model_dir / (HISTORY_FILE + ".partial")
-    partial.write_text(json.dumps(history, indent=1) + "\n")
-    partial.replace(model_dir / HISTORY_FILE)
+    files.write_json_atomic(model_dir / HISTORY_FILE, history, indent=1)
 
 
 def has_records(data_dir: Path, split: str) -> bool:
     """Whether the ``split`` shards in ``data_dir`` hold at least one example."""
     import tensorflow as tf
 
-    files = sorted(str(p) for p in data_dir.glob(f"{split}.tfrecord-*"))
-    return bool(files) and any(True for _ in tf.data.TFRecordDataset(files).take(1))
+    shards = sorted(str(p) for p in data_dir.glob(f"{split}.tfrecord-*"))
+    return bool(shards) and any(True for _ in tf.data.TFRecordDataset(shards).take(1))
 
 
 # --- MLflow inputs ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.core import durable
+from pipeline.core import files
 from pipeline.core.params import MlflowParams, Params
 from pipeline.core.redaction import redact
 from pipeline.tracking.client import _client_has_run, configure_client, shown_uri, tracking_uri
@@ -87,7 +87,7 @@ def metric_name(name: str) -> str:
 def write_run_file(directory: Path, run_id: str | None, link: str | None = None) -> None:
     """Record ``run_id`` (and, for a copy, the relative ``link`` to the run's own directory)."""
     content = {"run_id": run_id, **({"link": link} if link else {})}
-    durable.write_text_atomic(Path(directory) / RUN_FILE, json.dumps(content) + "\n")
+    files.write_text_atomic(Path(directory) / RUN_FILE, json.dumps(content) + "\n")
 
 
 def _run_info(directory: Path) -> dict:
@@ -216,13 +216,13 @@ class RunJournal:
 
     def records(self) -> list[dict]:
         """Every record of the journal (a torn line skipped and counted in a warning)."""
-        return durable.read_jsonl(self.path)
+        return files.read_jsonl(self.path)
 
     def metric_steps(self) -> set[tuple[str, int]]:
         return {(r["key"], r["step"]) for r in self.records() if r["kind"] == "metric"}
 
     def _append(self, records: list[dict]) -> None:
-        durable.append_jsonl(self.path, records)
+        files.append_jsonl(self.path, records)
 
     def sent_count(self) -> int:
         """How many records were sent already."""
@@ -251,7 +251,7 @@ class RunJournal:
                         shown_uri(self.settings), type(err).__name__, redact(str(err))[:200],
                         len(pending), self.path, self._sync_hint())
             return False
-        durable.write_text_atomic(self.directory / SENT_FILE, f"{len(records)}\n")
+        files.write_text_atomic(self.directory / SENT_FILE, f"{len(records)}\n")
         log.info("MLflow run %s: %d record(s) sent to %s", run_id, len(pending),
                  shown_uri(self.settings))
         return True

@@ -1,7 +1,6 @@
 """COCO metrics from per-image arrays (pipeline.evaluation.coco): known cases with exact answers."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -151,10 +150,3 @@ def test_saved_json_rescored_with_plain_pycocotools_gives_the_same_numbers(tmp_p
     assert 0 < metrics["map"] < 1  # a real, imperfect case
 
 
-def test_write_json_is_atomic_and_leaves_no_temp_files(tmp_path):
-    path = tmp_path / "out" / "metrics.json"
-    coco_eval.write_json(path, {"a": 1})
-    with pytest.raises(TypeError):
-        coco_eval.write_json(path, {"a": object()})  # not serialisable: old file must survive
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]

@@ -27,7 +27,7 @@ from pipeline.stages.convert import (
     duplicate_issues, make_runner, pipeline_options, prepare_image,
 )
 from pipeline.core.errors import PipelineError
-from pipeline.core.outputs import MARKER
+from pipeline.core.files import MARKER
 from pipeline.data.labelmap import build_label_map, label_map_text, read_label_map, write_label_map
 from pipeline.core.params import ConvertParams, DataParams, SampleParams
 from pipeline.core.records import ImageRecord, ObjectAnnotation, hash_split
