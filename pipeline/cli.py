@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from pipeline.core import layout
 from pipeline.core import redaction
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ParamsError, load_params
@@ -35,7 +36,8 @@ def build_parser(stage: str | None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in STAGES.items():
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
         stage_parser.add_argument(
-            "--params", default="params.yaml", help="params file (default: params.yaml)"
+            "--params", default=layout.PARAMS_FILE,
+            help=f"params file (default: {layout.PARAMS_FILE})"
         )
         if name == stage:  # import only the module of the stage being run
             importlib.import_module(module_name).add_arguments(stage_parser)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.core import layout
 from pipeline.core.errors import ParamsError
 from pipeline.core.layout import PROJECT_ROOT
 from pipeline.core.schema import build_dataclass, read_yaml
@@ -64,7 +65,7 @@ class DataParams:
     """Where the dataset to convert lives, in which format, and the conversion policies."""
 
     format: Literal["voc", "coco"] = "voc"
-    root: str = "data/sample"
+    root: str = str(layout.SAMPLE_DIR)
     coco_annotation_file: str = "_annotations.coco.json"
     classes: tuple[str, ...] = ()
     unknown_classes: Literal["skip", "error"] = "skip"
@@ -104,7 +105,7 @@ def _check_dataset_root(root: str) -> None:
 def _pipeline_outputs() -> tuple[str, ...]:
     """The ``outs`` (and metrics, plots) of dvc.yaml's stages other than dataset stages."""
     try:
-        stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+        stages = yaml.safe_load((PROJECT_ROOT / layout.DVC_FILE).read_text())["stages"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):  # an installed package: no dvc.yaml
         return ()
     return tuple(
@@ -281,7 +282,7 @@ class Params:
     mlflow: MlflowParams = MlflowParams()
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = layout.PARAMS_FILE) -> Params:
     """Read, type-check and validate params.yaml; raise :class:`ParamsError` on any problem."""
     return params_from_dict(read_yaml(Path(path), "params file"))
 

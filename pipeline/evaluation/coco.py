@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.core import files
 
 log = logging.getLogger(__name__)
@@ -217,5 +218,5 @@ def compute_metrics(groundtruth: dict, detections: list[dict]) -> dict[str, Any]
 
 def save_coco(groundtruth: dict, detections: list[dict], output_dir: str | Path) -> None:
     """Write ``groundtruth.json`` and ``detections.json`` (COCO format) into ``output_dir``."""
-    files.write_json_atomic(Path(output_dir) / "groundtruth.json", groundtruth)
-    files.write_json_atomic(Path(output_dir) / "detections.json", detections)
+    files.write_json_atomic(Path(output_dir) / layout.GROUNDTRUTH_FILE, groundtruth)
+    files.write_json_atomic(Path(output_dir) / layout.DETECTIONS_FILE, detections)

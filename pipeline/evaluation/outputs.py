@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.core import files
 from pipeline.evaluation import coco as coco_eval
 from pipeline.evaluation import confusion
@@ -37,19 +38,19 @@ def write_all(output_dir: Path, metrics: dict, groundtruth: dict, results: list[
               evaluator: Any, matrix: ConfusionResult, pictures: Pictures) -> None:
     """Write every report file into ``output_dir``, ``metrics.json`` last."""
     coco_eval.save_coco(groundtruth, results, output_dir)
-    write_per_class_csv(output_dir / "per_class.csv", metrics["per_class"])
-    write_per_class_markdown(output_dir / "per_class.md", metrics["per_class"])
+    write_per_class_csv(output_dir / layout.PER_CLASS_CSV, metrics["per_class"])
+    write_per_class_markdown(output_dir / layout.PER_CLASS_MD, metrics["per_class"])
     curves = coco_eval.pr_curves(evaluator, iou=0.5)
-    plots = output_dir / "plots"
-    write_pr_csv(plots / "pr_curve.csv", curves)
-    plot_pr_curves(plots / "pr_curve.png", curves, metrics["per_class"])
-    write_confusion_csv(plots / "confusion_matrix.csv", matrix)
-    plot_confusion(plots / "confusion_matrix.png", matrix, metrics["confusion"])
-    samples, worst = draw_pictures(output_dir / "images", pictures, matrix.errors_per_image)
-    page = html_report.render(metrics, [plots / "pr_curve.png", plots / "confusion_matrix.png"],
+    plots = output_dir / layout.REPORT_PLOTS_DIR
+    write_pr_csv(plots / f"{layout.PR_CURVE}.csv", curves)
+    plot_pr_curves(plots / f"{layout.PR_CURVE}.png", curves, metrics["per_class"])
+    write_confusion_csv(plots / f"{layout.CONFUSION_MATRIX}.csv", matrix)
+    plot_confusion(plots / f"{layout.CONFUSION_MATRIX}.png", matrix, metrics["confusion"])
+    samples, worst = draw_pictures(output_dir / layout.REPORT_IMAGES_DIR, pictures, matrix.errors_per_image)
+    page = html_report.render(metrics, [plots / f"{layout.PR_CURVE}.png", plots / f"{layout.CONFUSION_MATRIX}.png"],
                               samples, worst)
-    files.write_text_atomic(output_dir / "report.html", page)
-    files.write_json_atomic(output_dir / "metrics.json", metrics)  # last: marks a finished report
+    files.write_text_atomic(output_dir / layout.REPORT_HTML, page)
+    files.write_json_atomic(output_dir / layout.METRICS_FILE, metrics)  # last: marks a finished report
 
 
 def write_per_class_csv(path: Path, per_class: dict[str, dict]) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from pipeline.core import layout
 from pipeline.core import files
 from pipeline.core.errors import PipelineError
 from pipeline.core.errors import ParamsError
@@ -49,7 +50,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 DOWNLOAD_TIMEOUT_SECONDS = 60
 CHUNK_BYTES = 1 << 20
 COMPLETE_MARKER = ".complete"  # holds the sha256 of the archive a folder was extracted from
-LOCK_FILE = CONFIGS_DIR / "checkpoints.lock"
+LOCK_FILE = CONFIGS_DIR / layout.CHECKPOINTS_LOCK
 LOCK_HEADER = ("# sha256 of each model zoo archive, pinned on its first download (trust on first\n"
                "# use; written by pipeline/odapi/checkpoints.py). Commit this file: every later download\n"
                "# or cached copy must match. Delete an entry to pin a new file on the next run.\n")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Detector:
     @classmethod
     def load(cls, model_dir: str | Path) -> Detector:
         """Load ``model_dir/saved_model``; PipelineError if it is missing or unusable."""
-        path = Path(model_dir) / "saved_model"
+        path = Path(model_dir) / layout.SAVED_MODEL_DIR
         if not (path / "saved_model.pb").is_file():
             raise PipelineError(f"no SavedModel at {path} (saved_model.pb missing); "
                                 "run the export stage first")

@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.core.errors import ParamsError
 from pipeline.core.layout import CONFIGS_DIR
 from pipeline.core.schema import build_dataclass, read_yaml
 
-MODELS_FILE = CONFIGS_DIR / "models.yaml"
+MODELS_FILE = CONFIGS_DIR / layout.MODELS_FILE
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 

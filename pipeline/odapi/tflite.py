@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.core import compat
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-META_FILE = "tflite.json"
+META_FILE = layout.TFLITE_META
 
 
 class TfliteUnsupported(PipelineError):
@@ -82,7 +83,7 @@ def export_all(config: Path, checkpoint_dir: Path, data_dir: Path, output: Path,
         representative = None
         if precision == "int8":
             representative = representative_images(data_dir, settings.representative_images, meta)
-        path.write_bytes(convert(graph_dir / "saved_model", precision, representative))
+        path.write_bytes(convert(graph_dir / layout.SAVED_MODEL_DIR, precision, representative))
         models[precision] = {"file": path.name, "bytes": path.stat().st_size}
     shutil.rmtree(graph_dir)  # intermediate; the .tflite files are self-contained
     meta["models"] = models
@@ -152,7 +153,7 @@ def representative_images(data_dir: Path, count: int, meta: dict) -> list[np.nda
 
     from pipeline.odapi.detector import decode_example_image
 
-    files = sorted(str(p) for p in Path(data_dir).glob("train.tfrecord-*"))
+    files = layout.record_files(data_dir, "train")
     if not files:
         raise PipelineError(f"no train records in {data_dir} to calibrate the int8 TFLite model")
     return [prepare(decode_example_image(r.numpy()), meta)

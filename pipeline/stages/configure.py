@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.odapi import checkpoints
 from pipeline.core import compat, files
 from pipeline.tracking import journal as tracking
@@ -28,9 +29,9 @@ WARMUP_START_FRACTION = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path("data/tfrecords"),
+    parser.add_argument("--data", type=Path, default=layout.RECORDS_DIR,
                         help="convert output: shards, label_map.pbtxt, data_report.json")
-    parser.add_argument("--output", type=Path, default=Path("models/pipeline.config"),
+    parser.add_argument("--output", type=Path, default=layout.PIPELINE_CONFIG,
                         help="pipeline.config to write (default: models/pipeline.config)")
 
 
@@ -78,7 +79,7 @@ def load_template(model_name: str):
 def render(model: ModelParams, train: TrainParams, data_dir: Path):
     """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in."""
     config = load_template(model.name)
-    label_map = data_dir / "label_map.pbtxt"
+    label_map = data_dir / layout.LABEL_MAP
     set_num_classes(config, count_label_map_items(label_map))
     set_image_size(config, model.image_size or image_size(config))
     set_training(config, train, max_objects_in_data(data_dir))
@@ -114,7 +115,7 @@ def count_label_map_items(path: Path) -> int:
 
 def max_objects_in_data(data_dir: Path) -> int:
     """Largest number of objects in one image, from the convert stage's data report."""
-    report = data_dir / "data_report.json"
+    report = data_dir / layout.DATA_REPORT_JSON
     if not report.is_file():
         return 0
     return int(json.loads(report.read_text()).get("max_objects_per_image", 0))
@@ -241,7 +242,7 @@ def set_inputs(config, data_dir: Path, label_map: Path) -> None:
         reader.label_map_path = str(label_map)
         paths = reader.tf_record_input_reader.input_path
         del paths[:]
-        paths.append(str(data_dir / f"{split}.tfrecord-*"))
+        paths.append(str(data_dir / layout.shard_pattern(split)))
 
 
 def _serialize(config) -> str:

@@ -50,6 +50,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineRunner
 from PIL import Image, ImageOps
 
+from pipeline.core import layout
 from pipeline.core import redaction
 from pipeline.tracking import journal as tracking
 from pipeline.data.readers.coco import read_coco
@@ -64,10 +65,6 @@ from pipeline.data.readers.voc import read_voc
 
 log = logging.getLogger(__name__)
 
-LABEL_MAP_FILE = "label_map.pbtxt"
-REPORT_JSON = "data_report.json"
-REPORT_MD = "data_report.md"
-PLOTS_DIR = "plots"
 #: Beam's side outputs (issues, per-split summaries) go here, inside the partial output.
 WORK_DIR = "_beam"
 #: Auto sharding: OD API input readers interleave shards; ~1000 images each keeps files ~100 MB.
@@ -145,7 +142,7 @@ class ConvertOutputs(NamedTuple):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m pipeline convert``."""
-    parser.add_argument("--output", default="data/tfrecords", help="output folder")
+    parser.add_argument("--output", default=str(layout.RECORDS_DIR), help="output folder")
     parser.add_argument("--format", choices=("voc", "coco"), help="override data.format")
     parser.add_argument("--input", help="dataset root (override data.root), e.g. a VOC tree "
                         "with JPEGImages/ and Annotations/, or COCO split folders")
@@ -172,7 +169,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
         log.warning("%s", warning)
     log.info("converted %d images in %.1f s (%.0f images/s); wrote %s (report: %s)",
              report["images_listed"], seconds, report["images_listed"] / max(seconds, 1e-9),
-             args.output, Path(args.output) / REPORT_MD)
+             args.output, Path(args.output) / layout.DATA_REPORT_MD)
     log_to_mlflow(params, data, report, Path(args.output))
 
 
@@ -184,7 +181,7 @@ def log_to_mlflow(params: Params, data: DataParams, report: dict, output_dir: Pa
     journal.values({split: {"images": info["images"], "objects": info["objects"],
                             "issues": len(info["issues"])}
                     for split, info in report["splits"].items()})
-    for name in (LABEL_MAP_FILE, REPORT_JSON, REPORT_MD, *report["plots"]):
+    for name in (layout.LABEL_MAP, layout.DATA_REPORT_JSON, layout.DATA_REPORT_MD, *report["plots"]):
         journal.artifact(output_dir / name)
     tracking.finish(journal)
 
@@ -312,10 +309,10 @@ def _convert_into(
     report["counters"] = beam_counters(result)
     _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
     shutil.rmtree(partial / WORK_DIR)
-    write_label_map(label_map, partial / LABEL_MAP_FILE)
-    report["plots"] = write_plots(report, partial / PLOTS_DIR)
-    (partial / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (partial / REPORT_MD).write_text(report_markdown(report))
+    write_label_map(label_map, partial / layout.LABEL_MAP)
+    report["plots"] = write_plots(report, partial / layout.DATA_PLOTS_DIR)
+    (partial / layout.DATA_REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    (partial / layout.DATA_REPORT_MD).write_text(report_markdown(report))
     return report
 
 
@@ -377,7 +374,7 @@ class WriteShardFn(beam.DoFn):
         self.size_mismatch = size_mismatch
 
     def process(self, task: ShardTask) -> Iterator[Any]:
-        name = f"{task.split}.tfrecord-{task.index:05d}-of-{task.count:05d}"
+        name = layout.shard_name(task.split, task.index, task.count)
         path = FileSystems.join(self.output_dir, name)
         records, written = load_shard_records(task.records), 0
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
@@ -866,5 +863,5 @@ def _issue_lines(report: dict) -> list[str]:
                   for i in of_reason[:MD_ISSUES_PER_REASON]]
         if len(of_reason) > MD_ISSUES_PER_REASON:
             lines.append(f"\n... and {len(of_reason) - MD_ISSUES_PER_REASON} more "
-                         f"(all in {REPORT_JSON})")
+                         f"(all in {layout.DATA_REPORT_JSON})")
     return lines

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.core import compat
 from pipeline.tracking import journal as tracking
 from pipeline.core.errors import PipelineError
@@ -34,17 +35,16 @@ from pipeline.odapi.detector import DETECTION_KEYS, decode_example_image, encode
 log = logging.getLogger(__name__)
 
 TOP_K = 20  # checkpoint detections per image that must be reproduced by the SavedModel
-VERIFICATION_FILE = "verification.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the stage's command-line options."""
-    parser.add_argument("--config", type=Path, default=Path("models/pipeline.config"))
-    parser.add_argument("--model-dir", type=Path, default=Path("models/train"),
+    parser.add_argument("--config", type=Path, default=layout.PIPELINE_CONFIG)
+    parser.add_argument("--model-dir", type=Path, default=layout.MODEL_DIR / layout.BEST_DIR,
                         help="directory holding the checkpoint to export")
-    parser.add_argument("--data", type=Path, default=Path("data/tfrecords"),
+    parser.add_argument("--data", type=Path, default=layout.RECORDS_DIR,
                         help="convert output; test images (train images for int8 TFLite)")
-    parser.add_argument("--output", type=Path, default=Path("models/exported"))
+    parser.add_argument("--output", type=Path, default=layout.EXPORT_DIR)
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -63,23 +63,23 @@ def _export_and_verify(args: argparse.Namespace, params: Params, staging: Path) 
     export_with_exporter_main(args.config, args.model_dir, staging, settings.input_type)
     _copy_label_map(args.data, staging)
     examples = test_examples(args.data, settings.verify_images)
-    summary = verify_export(staging / "saved_model", args.config, args.model_dir, examples,
+    summary = verify_export(staging / layout.SAVED_MODEL_DIR, args.config, args.model_dir, examples,
                             settings.input_type, settings.verify_tolerance)
     if settings.tflite:
         from pipeline.odapi import tflite
 
         summary["tflite"] = tflite.export_all(args.config, args.model_dir, args.data,
-                                              staging / "tflite", settings)
-    (staging / VERIFICATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+                                              staging / layout.TFLITE_DIR, settings)
+    (staging / layout.VERIFICATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _copy_label_map(data_dir: Path, staging: Path) -> None:
     # The export directory is self-contained: `predict` names classes from this copy.
-    label_map = data_dir / "label_map.pbtxt"
+    label_map = data_dir / layout.LABEL_MAP
     if not label_map.is_file():
         raise PipelineError(f"label map {label_map} not found; run the convert stage first")
-    shutil.copy(label_map, staging / "label_map.pbtxt")
+    shutil.copy(label_map, staging / layout.LABEL_MAP)
 
 
 def _log_to_mlflow(params: Params, output: Path, model_dir: Path, summary: dict) -> None:
@@ -88,7 +88,7 @@ def _log_to_mlflow(params: Params, output: Path, model_dir: Path, summary: dict)
     journal.params(tracking.flatten_params(params, ("export",)))
     journal.values({key: summary[key] for key in ("max_score_difference",
                                                   "max_box_difference")}, prefix="export.")
-    for path in (output / "pipeline.config", output / VERIFICATION_FILE):
+    for path in (output / layout.PIPELINE_CONFIG.name, output / layout.VERIFICATION_FILE):
         journal.artifact(path, "export")
     tracking.finish(journal)
 
@@ -115,7 +115,7 @@ def test_examples(data_dir: Path, count: int) -> list[bytes]:
     import tensorflow as tf
 
     for split in ("test", "val", "train"):
-        files = sorted(str(p) for p in data_dir.glob(f"{split}.tfrecord-*"))
+        files = layout.record_files(data_dir, split)
         examples = [r.numpy() for r in tf.data.TFRecordDataset(files).take(count)]
         if examples:
             return examples

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.evaluation import drawing
 from pipeline.data import images
 from pipeline.core import files
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 #: Written into --output with every detection; also the one name no annotated file may take.
-RESULT_FILE = "detections.json"
+RESULT_FILE = layout.PREDICTIONS_FILE
 #: Characters replaced in output names derived from input names (separators, dots at the ends).
 UNSAFE_NAME_CHARACTERS = re.compile(r"[^\w.-]+")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -81,7 +82,7 @@ def read_class_names(model_dir: Path) -> dict[int, str]:
     """``{id: name}`` from ``MODEL/label_map.pbtxt`` (written by export); empty if absent."""
     from pipeline.data import labelmap
 
-    path = Path(model_dir) / "label_map.pbtxt"
+    path = Path(model_dir) / layout.LABEL_MAP
     if not path.is_file():
         log.warning("no %s: detections are labelled by class id", path)
         return {}

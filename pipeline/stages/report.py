@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from pipeline.core import layout
 from pipeline.evaluation import coco as coco_eval
 from pipeline.evaluation import confusion
 from pipeline.data import labelmap
@@ -53,9 +54,9 @@ CONFUSION_IOU = 0.5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the stage's command-line options."""
-    parser.add_argument("--model", type=Path, default=Path("models/exported"),
+    parser.add_argument("--model", type=Path, default=layout.EXPORT_DIR,
                         help="export directory containing saved_model/ (default: models/exported)")
-    parser.add_argument("--data", type=Path, default=Path("data/tfrecords"),
+    parser.add_argument("--data", type=Path, default=layout.RECORDS_DIR,
                         help="directory with test.tfrecord-* and label_map.pbtxt "
                              "(default: data/tfrecords)")
     parser.add_argument("--output", type=Path, default=Path("reports"),
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     log_to_mlflow(params, Path(args.model), Path(args.data), Path(args.output), metrics)
     log.info("mAP %s, mAP@0.5 %s, %s images/s on %d test images; wrote %s",
              _fmt(metrics["map"]), _fmt(metrics["map_50"]), _fmt(metrics["images_per_second"]),
-             metrics["num_images"], Path(args.output) / "report.html")
+             metrics["num_images"], Path(args.output) / layout.REPORT_HTML)
     return metrics
 
 
@@ -94,7 +95,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_dir: str | Path
     """Run the model on every test record, score it and write the report files."""
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     files = find_test_records(data_dir)
-    categories = read_label_map(data_dir / "label_map.pbtxt")
+    categories = read_label_map(data_dir / layout.LABEL_MAP)
     detector = Detector.load(model_dir)
     truths, detections, images, latencies = _infer_all(detector, files, settings.warmup_images)
     _check_class_ids(truths, categories)
@@ -134,7 +135,7 @@ def evaluate_tflite(model_dir: Path, truths: list[GroundTruthImage], images: lis
     from pipeline.odapi import tflite
 
     results = {}
-    for precision, detector in tflite.TfliteDetector.load_all(model_dir / "tflite").items():
+    for precision, detector in tflite.TfliteDetector.load_all(model_dir / layout.TFLITE_DIR).items():
         detections, latencies = [], []
         for truth, encoded in tqdm(list(zip(truths, images)), desc=f"tflite {precision}",
                                    unit="img", disable=None):
@@ -158,9 +159,9 @@ def find_test_records(data_dir: Path) -> list[str]:
     """The sorted ``test.tfrecord-*`` shards in ``data_dir``; PipelineError if there are none."""
     if not data_dir.is_dir():
         raise PipelineError(f"data directory {data_dir} not found; run the convert stage first")
-    files = sorted(str(p) for p in data_dir.glob("test.tfrecord-*") if p.is_file())
+    files = layout.record_files(data_dir, "test")
     if not files:
-        raise PipelineError(f"no test records (test.tfrecord-*) in {data_dir}; "
+        raise PipelineError(f"no test records ({layout.shard_pattern('test')}) in {data_dir}; "
                             "run the convert stage with a non-empty test split")
     return files
 

@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.data import sample
 from pipeline.tracking import journal as tracking
 from pipeline.core.params import Params
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", type=Path, default=Path("data/sample"),
+    parser.add_argument("--output", type=Path, default=layout.SAMPLE_DIR,
                         help="dataset root to write (default: data/sample)")
 
 

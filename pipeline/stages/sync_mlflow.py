@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.tracking import journal as tracking
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 
-DEFAULT_MODEL_DIR = Path("models/train")
+DEFAULT_MODEL_DIR = layout.MODEL_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

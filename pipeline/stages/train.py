@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core import layout
 from pipeline.training import checkpoint_eval
 from pipeline.core import compat
 from pipeline.core import files
@@ -41,19 +42,16 @@ from pipeline.core.params import Params, TrainParams
 log = logging.getLogger(__name__)
 
 PARAM_SECTIONS = ("sample", "data", "convert", "model", "train")
-FINGERPRINT_FILE = "fingerprint.json"
-HISTORY_FILE = "eval_history.json"
-BEST_DIR = "best"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=Path("models/pipeline.config"))
-    parser.add_argument("--model-dir", type=Path, default=Path("models/train"))
-    parser.add_argument("--data", type=Path, default=Path("data/tfrecords"),
+    parser.add_argument("--config", type=Path, default=layout.PIPELINE_CONFIG)
+    parser.add_argument("--model-dir", type=Path, default=layout.MODEL_DIR)
+    parser.add_argument("--data", type=Path, default=layout.RECORDS_DIR,
                         help="convert output (label map and data report are logged to MLflow)")
-    parser.add_argument("--curves", type=Path, default=Path("reports/train_curves.csv"))
-    parser.add_argument("--eval-curves", type=Path, default=Path("reports/eval_curves.csv"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/eval_metrics.json"))
+    parser.add_argument("--curves", type=Path, default=layout.TRAIN_CURVES)
+    parser.add_argument("--eval-curves", type=Path, default=layout.EVAL_CURVES)
+    parser.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                         help="seconds between progress lines (0 = every step)")
 
@@ -148,7 +146,7 @@ def fingerprint(config: Path, train: TrainParams | None = None) -> dict[str, str
 def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
     """Keep ``model_dir`` to resume from when its checkpoints match ``current``; else empty it
     (only a training folder or an empty one: PipelineError for a folder of other files)."""
-    path = model_dir / FINGERPRINT_FILE
+    path = model_dir / layout.FINGERPRINT_FILE
     stored = json.loads(path.read_text()) if path.is_file() else None
     has_checkpoints = (model_dir / "checkpoint").is_file()
     if has_checkpoints and stored != current:
@@ -330,7 +328,7 @@ def checkpoint_at(model_dir: Path, step: int) -> str | None:
 
 def copy_best(checkpoint: str, step: int, model_dir: Path) -> None:
     """Copy ``checkpoint`` to ``<model_dir>/best/`` (with its own ``checkpoint`` state file)."""
-    staging = model_dir / f"{BEST_DIR}.partial"
+    staging = model_dir / f"{layout.BEST_DIR}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     prefix = Path(checkpoint)
@@ -338,32 +336,32 @@ def copy_best(checkpoint: str, step: int, model_dir: Path) -> None:
         shutil.copy2(path, staging / path.name)
     (staging / "checkpoint").write_text(
         f'model_checkpoint_path: "{prefix.name}"\nall_model_checkpoint_paths: "{prefix.name}"\n')
-    (staging / "best.json").write_text(json.dumps({"step": step, "checkpoint": prefix.name}) + "\n")
+    (staging / layout.BEST_FILE).write_text(json.dumps({"step": step, "checkpoint": prefix.name}) + "\n")
     tracking.link_run(model_dir, staging)
-    shutil.rmtree(model_dir / BEST_DIR, ignore_errors=True)
-    staging.rename(model_dir / BEST_DIR)
-    log.info("best checkpoint so far: step %d -> %s", step, model_dir / BEST_DIR)
+    shutil.rmtree(model_dir / layout.BEST_DIR, ignore_errors=True)
+    staging.rename(model_dir / layout.BEST_DIR)
+    log.info("best checkpoint so far: step %d -> %s", step, model_dir / layout.BEST_DIR)
 
 
 def read_best(model_dir: Path) -> dict | None:
-    path = model_dir / BEST_DIR / "best.json"
+    path = model_dir / layout.BEST_DIR / layout.BEST_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_history(model_dir: Path) -> dict[str, dict[str, float]]:
-    path = model_dir / HISTORY_FILE
+    path = model_dir / layout.EVAL_HISTORY_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_history(model_dir: Path, history: dict[str, dict[str, float]]) -> None:
-    files.write_json_atomic(model_dir / HISTORY_FILE, history, indent=1)
+    files.write_json_atomic(model_dir / layout.EVAL_HISTORY_FILE, history, indent=1)
 
 
 def has_records(data_dir: Path, split: str) -> bool:
     """Whether the ``split`` shards in ``data_dir`` hold at least one example."""
     import tensorflow as tf
 
-    shards = sorted(str(p) for p in data_dir.glob(f"{split}.tfrecord-*"))
+    shards = layout.record_files(data_dir, split)
     return bool(shards) and any(True for _ in tf.data.TFRecordDataset(shards).take(1))
 
 
@@ -376,14 +374,15 @@ def record_run_inputs(journal: tracking.RunJournal, args: argparse.Namespace,
     journal.params({**tracking.flatten_params(params, PARAM_SECTIONS),
                     **flatten_config(args.config)})
     journal.tags({"model.name": params.model.name, "git.commit": git_commit(),
-                  "dataset.md5": dataset_hash(Path("dvc.lock"), args.data),
+                  "dataset.md5": dataset_hash(Path(layout.DVC_LOCK), args.data),
                   "mlflow.runName": "train"})
     for path in (args.config, *data_artifacts(args.data)):
         journal.artifact(path)
 
 
 def data_artifacts(data_dir: Path) -> list[Path]:
-    return [data_dir / name for name in ("label_map.pbtxt", "data_report.json", "data_report.md")]
+    return [data_dir / name for name in (layout.LABEL_MAP, layout.DATA_REPORT_JSON,
+                                          layout.DATA_REPORT_MD)]
 
 
 def flatten_config(config: Path) -> dict[str, str]:

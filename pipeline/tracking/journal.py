@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.core import layout
 from pipeline.core import files
 from pipeline.core.params import MlflowParams, Params
 from pipeline.core.redaction import redact
@@ -42,11 +43,8 @@ from pipeline.tracking.client import _client_has_run, configure_client, shown_ur
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"
-JOURNAL_FILE = "mlflow_journal.jsonl"
-SENT_FILE = "mlflow_journal.sent"
-#: pending journals of the stages other than train (one folder per execution)
-JOURNALS_DIR = Path("mlflow_journal")
+RUN_FILE, JOURNAL_FILE, SENT_FILE = layout.RUN_FILE, layout.JOURNAL_FILE, layout.SENT_FILE
+JOURNALS_DIR = layout.JOURNALS_DIR
 #: tag of a parent run naming its newest child of a stage: ``pipeline.latest.report``
 LATEST_TAG = "pipeline.latest.{stage}"
 PARENT_TAG = "mlflow.parentRunId"

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core import layout
 from pipeline.tracking import client as tracking
 from pipeline.core.params import MlflowParams
 
@@ -76,7 +77,7 @@ def split_hash(data_dir: str | Path) -> str:
     """
     import tensorflow as tf
 
-    files = sorted(str(p) for p in Path(data_dir).glob("test.tfrecord-*"))
+    files = layout.record_files(data_dir, "test")
     digests = sorted(_record_digest(r.numpy()) for r in tf.data.TFRecordDataset(files))
     digest = hashlib.sha256()
     for record in digests:
@@ -113,7 +114,7 @@ def record_registration(journal: RunJournal, name: str, model_dir: Path,
     It is done when the journal is sent (:func:`replay`), so a tracking server that is down
     delays it to ``sync-mlflow`` instead of losing it.
     """
-    saved_model = Path(model_dir).resolve() / "saved_model"
+    saved_model = Path(model_dir).resolve() / layout.SAVED_MODEL_DIR
     journal.register({"name": name, "model_dir": str(Path(model_dir).resolve()),
                       "map": metrics["map"], "test_split": test_split,
                       "saved_model_sha256": tracking.file_sha256(saved_model / "saved_model.pb")})
@@ -125,7 +126,7 @@ def replay(settings: MlflowParams, run_id: str, record: dict) -> dict | None:
     Skipped with a warning when the exported model changed since it was reported.
     """
     model_dir = Path(record["model_dir"])
-    graph = model_dir / "saved_model" / "saved_model.pb"
+    graph = model_dir / layout.SAVED_MODEL_DIR / "saved_model.pb"
     if not graph.is_file() or tracking.file_sha256(graph) != record["saved_model_sha256"]:
         log.warning("not registered as %s: the model reported in run %s is no longer at %s "
                     "(exported again since?)", record["name"], run_id, model_dir)
@@ -143,7 +144,7 @@ def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: P
     with tracking.start_run(settings, "register", run_id=run_id) as mlflow:
         info = mlflow.pyfunc.log_model(
             name="model", python_model=SavedModelDetector(),
-            artifacts={"saved_model": str(Path(model_dir) / "saved_model")},
+            artifacts={"saved_model": str(Path(model_dir) / layout.SAVED_MODEL_DIR)},
             pip_requirements=serving_requirements(), registered_model_name=name)
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

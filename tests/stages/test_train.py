@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from pipeline.core import layout
 from pipeline.training import checkpoint_eval
 from pipeline.stages import train
 from pipeline.core.params import Params, ParamsError, TrainParams, params_from_dict
@@ -77,7 +78,7 @@ def _checkpointed_dir(tmp_path, fingerprint):
     model_dir.mkdir()
     (model_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-3"\n')
     (model_dir / "ckpt-3.index").write_text("x")
-    (model_dir / train.FINGERPRINT_FILE).write_text(json.dumps(fingerprint))
+    (model_dir / layout.FINGERPRINT_FILE).write_text(json.dumps(fingerprint))
     return model_dir
 
 
@@ -94,12 +95,12 @@ def test_other_classes_start_a_fresh_directory_and_say_what_changed(tmp_path, ca
         train.prepare_model_dir(model_dir, {**FP, "label_map": "other", "model": "other"})
     assert not (model_dir / "ckpt-3.index").exists()
     assert "changed: label_map, model" in caplog.text and "starting a fresh" in caplog.text
-    assert json.loads((model_dir / train.FINGERPRINT_FILE).read_text())["label_map"] == "other"
+    assert json.loads((model_dir / layout.FINGERPRINT_FILE).read_text())["label_map"] == "other"
 
 
 def test_checkpoints_without_a_fingerprint_are_not_trusted(tmp_path):
     model_dir = _checkpointed_dir(tmp_path, FP)
-    (model_dir / train.FINGERPRINT_FILE).unlink()
+    (model_dir / layout.FINGERPRINT_FILE).unlink()
     train.prepare_model_dir(model_dir, FP)
     assert not (model_dir / "checkpoint").exists()
 
@@ -114,7 +115,7 @@ def test_a_folder_that_is_not_a_training_folder_is_never_emptied(tmp_path):
         train.prepare_model_dir(model_dir, FP)
     assert (model_dir / "dataset.csv").read_text() == "precious"
     train.prepare_model_dir(tmp_path / "new", FP)  # absent or empty: fine
-    assert (tmp_path / "new" / train.FINGERPRINT_FILE).is_file()
+    assert (tmp_path / "new" / layout.FINGERPRINT_FILE).is_file()
 
 
 def test_fingerprint_changes_with_the_model_and_the_classes_not_with_nothing(tmp_path):

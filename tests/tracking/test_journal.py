@@ -2,6 +2,7 @@
 import pytest
 
 from tests.paths import ROOT
+from pipeline.core import layout
 from pipeline.tracking import client
 from pipeline.tracking import journal as tracking
 from pipeline.core.params import MlflowParams, Params
@@ -248,7 +249,7 @@ def test_export_and_report_of_an_offline_training_nest_under_it_once_synced(
     exported.mkdir()
     tracking.link_run(best, exported)  # what export does
     (exported / "pipeline.config").write_text("model {}\n")
-    (exported / export.VERIFICATION_FILE).write_text("{}\n")
+    (exported / layout.VERIFICATION_FILE).write_text("{}\n")
     caplog.clear()
     export._log_to_mlflow(Params(mlflow=down), exported, best,
                           {"max_score_difference": 0.0, "max_box_difference": 0.5})
