@@ -42,7 +42,9 @@ def program_name() -> str:
 
 def build_parser(stage: str | None) -> argparse.ArgumentParser:
     """The parser of every stage; only ``stage``'s module is imported (for its options)."""
-    parser = argparse.ArgumentParser(prog=program_name(), description="Train custom object detectors with the TF2 Object Detection API.")
+    parser = argparse.ArgumentParser(
+        prog=program_name(),
+        description="Train custom object detectors with the TF2 Object Detection API.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (module_name, help_text) in STAGES.items():
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
