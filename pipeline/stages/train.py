@@ -35,6 +35,7 @@ from pipeline.core import layout
 from pipeline.training import checkpoint_eval
 from pipeline.core import compat
 from pipeline.core import files
+from pipeline.odapi import training_hooks
 from pipeline.tracking import journal as tracking
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params, TrainParams
@@ -110,7 +111,7 @@ def model_main_argv(config: Path, model_dir: Path, num_steps: int, every_n: int,
 def train_with_model_main(argv: list[str]) -> None:
     """Run ``model_main_tf2.main`` with ``argv``; the final step is always checkpointed."""
     compat.apply()
-    compat.save_final_checkpoint_after_train_loop()
+    training_hooks.save_final_checkpoint_after_train_loop()
     from absl import flags
     from object_detection import model_main_tf2
 
@@ -159,7 +160,7 @@ def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
             files.check_replaceable(model_dir)  # not a training folder: never emptied
         shutil.rmtree(model_dir, ignore_errors=True)
     elif has_checkpoints:
-        log.info("resuming from %s (step %d)", model_dir, compat.checkpoint_step(model_dir))
+        log.info("resuming from %s (step %d)", model_dir, training_hooks.checkpoint_step(model_dir))
     model_dir.mkdir(parents=True, exist_ok=True)
     files.write_text_atomic(path, json.dumps(current, indent=1) + "\n")  # crash-safe
 
@@ -189,7 +190,7 @@ class SegmentedTraining:
 
         tf.keras.utils.set_random_seed(self.params.train.seed)
         train = self.params.train
-        start = compat.checkpoint_step(self.model_dir)
+        start = training_hooks.checkpoint_step(self.model_dir)
         evaluated_at = segment_ends(0, train.num_steps, train.eval_every_n)
         if start in evaluated_at and str(start) not in self.history:
             self.evaluate(start)  # interrupted between its checkpoint and its evaluation
@@ -198,7 +199,7 @@ class SegmentedTraining:
         if train.tpu_name:  # the per-step callback is a tf.py_function, which TPUs cannot run
             log.warning("on a TPU there is no per-step progress and no NaN/Inf guard")
         else:  # Python every 10 steps (any NaN/Inf at once); every step if asked for
-            compat.observe_train_steps(monitor, every_n=1 if not self.args.progress_every else 10)
+            training_hooks.observe_train_steps(monitor, every_n=1 if not self.args.progress_every else 10)
         for end in segment_ends(start, train.num_steps, train.eval_every_n):
             self.train_to(end, monitor)
             self.evaluate(end)
@@ -206,7 +207,7 @@ class SegmentedTraining:
 
     def train_to(self, end: int, monitor: "TrainMonitor") -> None:
         train = self.params.train
-        monitor.begin(compat.checkpoint_step(self.model_dir))
+        monitor.begin(training_hooks.checkpoint_step(self.model_dir))
         argv = model_main_argv(self.args.config, self.model_dir, end, train.checkpoint_every_n,
                                train.num_workers, train.tpu_name)
         try:
@@ -290,7 +291,7 @@ class TrainMonitor:
     def stop_message(self, params: Params) -> str:
         step, loss = self.non_finite
         latest = _latest_checkpoint(self.model_dir)
-        good = (f"{latest} (step {compat.checkpoint_step(self.model_dir)})" if latest
+        good = (f"{latest} (step {training_hooks.checkpoint_step(self.model_dir)})" if latest
                 else "none")
         return (f"training stopped: the total loss is {loss} at step {step}; nothing is exported. "
                 f"Last good checkpoint: {good}. Usual causes: a learning rate too high for the "
@@ -323,7 +324,7 @@ def _latest_checkpoint(model_dir: Path) -> str | None:
 def checkpoint_at(model_dir: Path, step: int) -> str | None:
     """The latest checkpoint when it holds ``step`` (a checkpoint is evaluated right after it)."""
     latest = _latest_checkpoint(model_dir)
-    return latest if latest and compat.checkpoint_step(model_dir) == step else None
+    return latest if latest and training_hooks.checkpoint_step(model_dir) == step else None
 
 
 def copy_best(checkpoint: str, step: int, model_dir: Path) -> None:

@@ -83,7 +83,7 @@ def _checkpointed_dir(tmp_path, fingerprint):
 
 
 def test_same_fingerprint_keeps_the_checkpoints_to_resume_from(tmp_path, monkeypatch):
-    monkeypatch.setattr(train.compat, "checkpoint_step", lambda d: 300)
+    monkeypatch.setattr(train.training_hooks, "checkpoint_step", lambda d: 300)
     model_dir = _checkpointed_dir(tmp_path, FP)
     train.prepare_model_dir(model_dir, dict(FP))
     assert (model_dir / "ckpt-3.index").is_file()
@@ -160,7 +160,7 @@ def test_monitor_stops_on_nan_and_inf_and_remembers_the_step(tmp_path):
 
 def test_stop_message_names_step_checkpoint_and_causes(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "_latest_checkpoint", lambda d: f"{d}/ckpt-1")
-    monkeypatch.setattr(train.compat, "checkpoint_step", lambda d: 0)
+    monkeypatch.setattr(train.training_hooks, "checkpoint_step", lambda d: 0)
     monitor = train.TrainMonitor(100, 4, tmp_path)
     monitor.non_finite = (3, math.nan)
     message = monitor.stop_message(Params(train=TrainParams(learning_rate=9.0, batch_size=4)))
