@@ -4,10 +4,10 @@
    (one step per loop iteration, input built as the train stage builds it) on the built-in
    sample data, median over the steps after the warm-up ones (the first step traces the graph).
 2. One config (the default template at its default size) trained through the train stage's
-   code (``pipeline.stages.train.train_with_model_main``: ``model_main_tf2`` with the project's compat
-   shims and training hooks, and the stage's per-step monitor) and through a bare ``model_lib_v2.train_loop`` call
-   with its defaults (blocks of 100 steps, tf.data autotuning on, no hook around the loop)
-   under the ``MirroredStrategy`` model_main_tf2 uses. Throughput on this 2-core VM varies by
+   code (``pipeline.training.loop.train_with_model_main``: ``model_main_tf2`` with the project's
+   compat shims and training hooks, and the stage's per-step monitor) and through a bare
+   ``model_lib_v2.train_loop`` call with its defaults (blocks of 100 steps, tf.data
+   autotuning on, no hook around the loop) under the ``MirroredStrategy`` model_main_tf2 uses. Throughput on this 2-core VM varies by
    up to 20% from one process to the next and from minute to minute, more than the difference
    being measured, so both sides run in ONE process, alternating (stage, bare, bare, stage, ...)
    for ``--rounds`` rounds, each on a fresh model directory; each round gives a paired ratio
@@ -128,7 +128,8 @@ def train_stage_segment(config: Path, model_dir: Path, steps: int, every_n: int,
     """One training segment as the train stage runs it: its per-step monitor (progress, NaN/Inf
     guard) installed, ``model_main_tf2`` called with the stage's flags."""
     from pipeline import compat  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads
-    from pipeline.stages.train import TrainMonitor, model_main_argv, train_with_model_main
+    from pipeline.training.loop import model_main_argv, train_with_model_main
+    from pipeline.training.monitor import TrainMonitor
 
     from pipeline.odapi import training_hooks
 
@@ -169,7 +170,7 @@ def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: in
 def steady_rate(event_dir: Path, warmup_steps: int, batch_size: int) -> float:
     """Images/s over the loop blocks that start at or after ``warmup_steps`` (the first steps
     include tracing), from the ``steps_per_sec`` scalar train_loop writes after each block."""
-    from pipeline.stages.train import read_scalars
+    from pipeline.training.curves import read_scalars
 
     steps = seconds = 0.0
     previous = 0
@@ -236,7 +237,7 @@ def train_loop_timing(config: Path, model_dir: Path, steps: int) -> dict:
 
 
 def steps_per_sec(event_dir: Path) -> list[float]:
-    from pipeline.stages.train import read_scalars
+    from pipeline.training.curves import read_scalars
 
     return [value for _, value in sorted(read_scalars(event_dir).get("steps_per_sec", []))]
 
