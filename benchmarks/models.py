@@ -137,7 +137,7 @@ def train_stage_segment(config: Path, model_dir: Path, steps: int, every_n: int,
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)  # as the train stage does (train.seed)
-    monitor = TrainMonitor(steps, batch_size, model_dir, 10.0)
+    monitor = TrainMonitor(steps, batch_size, 10.0)
     training_hooks.observe_train_steps(monitor)
     train_with_model_main(model_main_argv(config, model_dir, steps, every_n))
 

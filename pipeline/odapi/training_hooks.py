@@ -31,7 +31,17 @@ import math
 # train_steps (and checkpoint_every_n, so that checkpoints land on schedule): the wrapper uses
 # the largest divisor <= 10 of their gcd; blocks of at most 10 steps also give the loss curves a
 # point every 10 steps. Each save flushes the event files first, so that a crash never leaves
-# a checkpoint whose curve up to that step is lost (the writer flushes every 120 s otherwise).
+# a checkpoint whose curve up to that step is lost (the writer flushes every 120 s otherwise),
+# and is reported to the callback of :func:`observe_checkpoints`, so that the caller knows the
+# step of the latest checkpoint without reading it back from disk.
+
+_checkpoint_callback = None
+
+
+def observe_checkpoints(callback) -> None:
+    """Call ``callback(step, path)`` after every checkpoint ``train_loop`` saves (``None``: stop)."""
+    global _checkpoint_callback
+    _checkpoint_callback = callback
 
 
 def save_final_checkpoint_after_train_loop() -> None:
@@ -52,6 +62,8 @@ def save_final_checkpoint_after_train_loop() -> None:
             tf.compat.v2.summary.flush()
             path = super().save(*args, **kwargs)
             self.last_saved_step = _step(self)
+            if _checkpoint_callback is not None:
+                _checkpoint_callback(self.last_saved_step, path)
             return path
 
     def train_loop(*args, **kwargs):

@@ -1,19 +1,15 @@
 """Stage ``train``: train through the OD API's ``model_main_tf2``, resumable and evaluated.
 
 Training runs in segments that end at the evaluation steps (every ``train.eval_every_n`` steps
-and at ``train.num_steps``). Each segment is one ``model_main_tf2.main`` call with its usual
-flags (strategy from ``train.num_workers`` / ``train.tpu_name``); ``model_lib_v2.train_loop``
-restores the latest checkpoint in the model directory, so an interrupted run (the directory is
-a DVC ``persist`` output) continues where its last checkpoint left off. After each segment the
-checkpoint is evaluated on the val split (COCO metrics), the best one by ``train.best_metric``
-is copied to ``<model_dir>/best/`` (what the export stage exports), and the TF event scalars
-are written to the DVC plots and sent to MLflow through a local journal
-(:class:`pipeline.tracking.journal.RunJournal`).
+and at the config's ``num_steps``), each one ``model_main_tf2.main`` call; an interrupted run
+(the model directory is a DVC ``persist`` output) continues where its last checkpoint left off;
+each segment's checkpoint is evaluated on the val split and the best one copied to
+``<model_dir>/best/`` (what the export stage exports); a NaN or Inf loss stops training at once.
+That is :mod:`pipeline.training` (the loop, its monitor, the model directory, the curves).
 
-A checkpoint directory written for another graph or schedule (model, classes, train config,
-training data) is never restored into: ``fingerprint.json`` records what the checkpoints were
-trained from, and a mismatch starts a fresh directory with a message naming what changed.
-A NaN or Inf loss stops training at once (see :class:`TrainMonitor`).
+This module parses the arguments, builds the loop's typed inputs
+(:class:`pipeline.training.inputs.TrainingRun`), and attaches the MLflow journal
+(:class:`pipeline.tracking.journal.RunJournal`) to the loop's events: the loop knows no tracker.
 """
 from __future__ import annotations
 
@@ -29,8 +25,9 @@ from pipeline.core import compat, layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.tracking import journal as tracking
-from pipeline.training.loop import SegmentedTraining, enable_gpu_memory_growth
-from pipeline.training.model_dir import fingerprint, prepare_model_dir
+from pipeline.training.curves import read_scalars
+from pipeline.training.inputs import TrainingRun
+from pipeline.training.loop import SegmentedTraining
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +50,51 @@ def run(args: argparse.Namespace, params: Params) -> None:
     if not args.config.is_file():
         raise PipelineError(f"pipeline config not found: {args.config} (run configure first)")
     compat.apply()
-    enable_gpu_memory_growth()
-    prepare_model_dir(args.model_dir, fingerprint(args.config, params.train))
-    journal = tracking.RunJournal(params.mlflow, args.model_dir)
-    if not journal.records():
-        record_run_inputs(journal, args, params)
-    journal.send()
-    trainer = SegmentedTraining(args, params, journal)
-    try:
-        trainer.run()
-    except PipelineError:
-        journal.status("FAILED")
-        journal.send()
-        raise
-    journal.artifact(args.metrics, "eval")
-    journal.status("FINISHED")
-    journal.send()
+    training = SegmentedTraining(training_run(args, params))
+    training.add_callbacks(JournalCallbacks(tracking.RunJournal(params.mlflow, args.model_dir),
+                                            args, params))
+    training.train()
+
+
+def training_run(args: argparse.Namespace, params: Params) -> TrainingRun:
+    """The loop's inputs: the stage's paths, the config's schedule, the runtime train params."""
+    return TrainingRun.from_config(
+        args.config, params.train, model_dir=args.model_dir, data_dir=args.data,
+        curves=args.curves, eval_curves=args.eval_curves, metrics=args.metrics,
+        progress_every=args.progress_every)
+
+
+class JournalCallbacks:
+    """The MLflow journal of the training, fed from the loop's events."""
+
+    def __init__(self, journal: tracking.RunJournal, args: argparse.Namespace, params: Params):
+        self.journal, self.args, self.params = journal, args, params
+
+    def on_train_start(self) -> None:
+        if not self.journal.records():  # a resumed run recorded its inputs already
+            record_run_inputs(self.journal, self.args, self.params)
+        self.journal.send()
+
+    def on_evaluation(self, step: int, metrics: dict | None) -> None:
+        """Every TF event scalar so far (the journal skips the points it has)."""
+        points = [(f"{kind}/{tag}", point_step, value)
+                  for kind in ("train", "eval")
+                  for tag, series in read_scalars(self.args.model_dir / kind).items()
+                  for point_step, value in series]
+        self.journal.metrics(points)
+        self.journal.send()
+
+    def on_best_checkpoint(self, step: int, folder: Path) -> None:
+        tracking.link_run(self.args.model_dir, folder)  # export then logs to this run
+
+    def on_train_end(self) -> None:
+        self.journal.artifact(self.args.metrics, "eval")
+        self.journal.status("FINISHED")
+        self.journal.send()
+
+    def on_train_failed(self, error: PipelineError) -> None:
+        self.journal.status("FAILED")
+        self.journal.send()
 
 
 # --- MLflow inputs ------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.core.params import Params
 from pipeline.training import checkpoint_eval
 
 
@@ -55,13 +54,12 @@ def write_eval_curves(history: dict[str, dict[str, float]], path: Path) -> None:
             writer.writerow({"step": int(step), **checkpoint_eval.summary(history[step])})
 
 
-def write_metrics(history: dict[str, dict[str, float]], best: dict | None, params: Params,
-                  path: Path) -> None:
+def write_metrics(history: dict[str, dict[str, float]], best: dict | None, best_metric: str,
+                  final_step: int, path: Path) -> None:
     """The DVC metrics file: the best checkpoint's and the final checkpoint's val metrics."""
-    final_step = params.train.num_steps
     best_step = best["step"] if best else None
     content = {
-        "best_metric": params.train.best_metric,
+        "best_metric": best_metric,
         "best_step": best_step,
         "best": checkpoint_eval.summary(history.get(str(best_step), {})),
         "final_step": final_step,

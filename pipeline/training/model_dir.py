@@ -6,17 +6,17 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core import files, layout
-from pipeline.core.params import TrainParams
 from pipeline.odapi import training_hooks
-from pipeline.tracking import journal as tracking
+from pipeline.training.inputs import TrainingRun
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(config: Path, train: TrainParams | None = None) -> dict[str, str]:
+def fingerprint(config: Path, train: TrainingRun | None = None) -> dict[str, str]:
     """Hashes of what the checkpoints depend on: model graph, classes, train config, train data,
     and the train params that shape the run (seed, evaluation steps, best metric)."""
     from object_detection.utils import config_util
@@ -38,9 +38,10 @@ def fingerprint(config: Path, train: TrainParams | None = None) -> dict[str, str
     return {name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in parts.items()}
 
 
-def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
+def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> int:
     """Keep ``model_dir`` to resume from when its checkpoints match ``current``; else empty it
-    (only a training folder or an empty one: PipelineError for a folder of other files)."""
+    (only a training folder or an empty one: PipelineError for a folder of other files).
+    Returns the step training starts from: the latest checkpoint's, 0 for a fresh start."""
     path = model_dir / layout.FINGERPRINT_FILE
     stored = json.loads(path.read_text()) if path.is_file() else None
     has_checkpoints = (model_dir / "checkpoint").is_file()
@@ -53,10 +54,13 @@ def prepare_model_dir(model_dir: Path, current: dict[str, str]) -> None:
         if stored is None and not has_checkpoints:
             files.check_replaceable(model_dir)  # not a training folder: never emptied
         shutil.rmtree(model_dir, ignore_errors=True)
-    elif has_checkpoints:
-        log.info("resuming from %s (step %d)", model_dir, training_hooks.checkpoint_step(model_dir))
     model_dir.mkdir(parents=True, exist_ok=True)
     files.write_text_atomic(path, json.dumps(current, indent=1) + "\n")  # crash-safe
+    if stored != current or not has_checkpoints:
+        return 0
+    step = training_hooks.checkpoint_step(model_dir)
+    log.info("resuming from %s (step %d)", model_dir, step)
+    return step
 
 
 def latest_checkpoint(model_dir: Path) -> str | None:
@@ -66,14 +70,10 @@ def latest_checkpoint(model_dir: Path) -> str | None:
     return tf.train.latest_checkpoint(str(model_dir))
 
 
-def checkpoint_at(model_dir: Path, step: int) -> str | None:
-    """The latest checkpoint when it holds ``step`` (a checkpoint is evaluated right after it)."""
-    latest = latest_checkpoint(model_dir)
-    return latest if latest and training_hooks.checkpoint_step(model_dir) == step else None
-
-
-def copy_best(checkpoint: str, step: int, model_dir: Path) -> None:
-    """Copy ``checkpoint`` to ``<model_dir>/best/`` (with its own ``checkpoint`` state file)."""
+def copy_best(checkpoint: str, step: int, model_dir: Path,
+              before_publish: Callable[[Path], None] | None = None) -> None:
+    """Copy ``checkpoint`` to ``<model_dir>/best/`` (with its own ``checkpoint`` state file);
+    ``before_publish(folder)`` may add files to the staged copy before it replaces the old one."""
     staging = model_dir / f"{layout.BEST_DIR}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -82,8 +82,10 @@ def copy_best(checkpoint: str, step: int, model_dir: Path) -> None:
         shutil.copy2(path, staging / path.name)
     (staging / "checkpoint").write_text(
         f'model_checkpoint_path: "{prefix.name}"\nall_model_checkpoint_paths: "{prefix.name}"\n')
-    (staging / layout.BEST_FILE).write_text(json.dumps({"step": step, "checkpoint": prefix.name}) + "\n")
-    tracking.link_run(model_dir, staging)
+    best = {"step": step, "checkpoint": prefix.name}
+    (staging / layout.BEST_FILE).write_text(json.dumps(best) + "\n")
+    if before_publish is not None:
+        before_publish(staging)
     shutil.rmtree(model_dir / layout.BEST_DIR, ignore_errors=True)
     staging.rename(model_dir / layout.BEST_DIR)
     log.info("best checkpoint so far: step %d -> %s", step, model_dir / layout.BEST_DIR)

@@ -6,20 +6,14 @@ import math
 import time
 from pathlib import Path
 
-from pipeline.core.params import Params
-from pipeline.odapi import training_hooks
-from pipeline.training.model_dir import latest_checkpoint
-
 log = logging.getLogger(__name__)
 
 
 class TrainMonitor:
-    """Called after every training step: logs progress, stops on a NaN or Inf loss."""
+    """Called after training steps: logs progress, stops on a NaN or Inf loss."""
 
-    def __init__(self, total_steps: int, batch_size: int, model_dir: Path,
-                 every_seconds: float = 10.0):
-        self.total, self.batch_size, self.model_dir = total_steps, batch_size, model_dir
-        self.every_seconds = every_seconds
+    def __init__(self, total_steps: int, batch_size: int, every_seconds: float = 10.0):
+        self.total, self.batch_size, self.every_seconds = total_steps, batch_size, every_seconds
         self.non_finite: tuple[int, float] | None = None
         self.begin(0)
 
@@ -44,17 +38,17 @@ class TrainMonitor:
             log.info("%s", progress_line(step, self.total, loss, step - self.first[0],
                                          now - self.first[1], self.batch_size))
 
-    def stop_message(self, params: Params) -> str:
+    def stop_message(self, last_good: str, config: Path, learning_rate: float | None) -> str:
+        """Why training stopped and what to change; ``last_good``: the checkpoint to name,
+        ``learning_rate``: the peak of ``config`` (None when unknown)."""
         step, loss = self.non_finite
-        latest = latest_checkpoint(self.model_dir)
-        good = (f"{latest} (step {training_hooks.checkpoint_step(self.model_dir)})" if latest
-                else "none")
+        rate = f"peak learning rate {learning_rate:g}" if learning_rate is not None else (
+            "the learning rate")
         return (f"training stopped: the total loss is {loss} at step {step}; nothing is exported. "
-                f"Last good checkpoint: {good}. Usual causes: a learning rate too high for the "
-                f"batch size (train.learning_rate {params.train.learning_rate} at "
-                f"train.batch_size {params.train.batch_size}: lower it or lengthen "
-                f"train.warmup_steps), degenerate boxes (zero width or height, see the "
-                f"convert stage's data_report), or corrupt images")
+                f"Last good checkpoint: {last_good}. Usual causes: a learning rate too high for "
+                f"the batch size ({rate} at batch size {self.batch_size} in {config}: lower "
+                f"train.learning_rate or lengthen train.warmup_steps), degenerate boxes (zero "
+                f"width or height, see the convert stage's data_report), or corrupt images")
 
 
 def progress_line(step: int, total: int, loss: float, steps_done: int, seconds: float,

@@ -52,3 +52,31 @@ def test_train_step_callback_runs_every_n_steps_and_at_once_on_a_non_finite_loss
     assert [s for s, _ in calls] == [5, 10, 13, 15, 20]
     assert math.isnan(dict(calls)[13]) and dict(calls)[20] == 1.0
     assert training_hooks.od_api_original(model_lib_v2.eager_train_step) is fake_train_step
+
+
+def test_every_checkpoint_train_loop_saves_is_reported_with_its_step(tmp_path, monkeypatch):
+    compat.apply()
+    import tensorflow as tf
+    from object_detection import model_lib_v2
+
+    def fake_train_loop(model_dir, train_steps, **kwargs):
+        step = tf.Variable(0, dtype=tf.int64)
+        manager = tf.compat.v2.train.CheckpointManager(tf.train.Checkpoint(step=step), model_dir,
+                                                       max_to_keep=5)
+        manager.save()  # step 0, as train_loop does
+        step.assign(4)
+        manager.save()
+        step.assign(train_steps)  # the final step, not saved by the loop itself
+
+    monkeypatch.setattr(model_lib_v2, "train_loop", fake_train_loop)
+    monkeypatch.setattr(model_lib_v2.inputs, "train_input", model_lib_v2.inputs.train_input)
+    training_hooks.save_final_checkpoint_after_train_loop()
+    saved = []
+    training_hooks.observe_checkpoints(lambda step, path: saved.append((step, path)))
+    try:
+        model_lib_v2.train_loop(model_dir=str(tmp_path), train_steps=6)
+    finally:
+        training_hooks.observe_checkpoints(None)
+    assert [step for step, _ in saved] == [0, 4, 6]
+    assert saved[-1][1] == tf.train.latest_checkpoint(str(tmp_path))
+    assert training_hooks.checkpoint_step(tmp_path) == 6

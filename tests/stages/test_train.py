@@ -1,4 +1,6 @@
 """The train stage: params it refuses, what it records in MLflow."""
+import json
+
 import pytest
 
 from pipeline.stages import train
@@ -32,3 +34,32 @@ def test_pipeline_config_is_flattened_into_params():
     assert flat["config.model.ssd.image_resizer.fixed_shape_resizer.height"] == "256"
     assert "config.train_config.batch_size" in flat
     assert all(len(k) <= 250 and len(v) <= 6000 for k, v in flat.items())  # MLflow's limits
+
+
+class FakeJournal:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def test_the_journal_follows_the_training_events(tmp_path):
+    from argparse import Namespace
+
+    from pipeline.core.params import Params
+
+    model_dir = tmp_path / "train"
+    model_dir.mkdir()
+    (model_dir / "mlflow_run.json").write_text('{"run_id": "abc"}\n')
+    args = Namespace(model_dir=model_dir, metrics=tmp_path / "m.json")
+    journal = FakeJournal()
+    callbacks = train.JournalCallbacks(journal, args, Params())
+    best = model_dir / "best.partial"
+    best.mkdir()
+    callbacks.on_best_checkpoint(10, best)
+    assert json.loads((best / "mlflow_run.json").read_text())["run_id"] == "abc"
+    callbacks.on_train_failed(RuntimeError("nan"))
+    callbacks.on_train_end()
+    assert journal.calls == [("status", "FAILED"), ("send",), ("artifact", tmp_path / "m.json",
+                             "eval"), ("status", "FINISHED"), ("send",)]

@@ -5,8 +5,8 @@ import logging
 import pytest
 
 from pipeline.core import layout
-from pipeline.core.params import TrainParams
 from pipeline.training import model_dir as training_dir
+from tests.training.test_loop import make_run
 
 
 FP = {"model": "a", "label_map": "b", "train_config": "c", "train_data": "d"}
@@ -24,7 +24,7 @@ def _checkpointed_dir(tmp_path, fingerprint):
 def test_same_fingerprint_keeps_the_checkpoints_to_resume_from(tmp_path, monkeypatch):
     monkeypatch.setattr(training_dir.training_hooks, "checkpoint_step", lambda d: 300)
     model_dir = _checkpointed_dir(tmp_path, FP)
-    training_dir.prepare_model_dir(model_dir, dict(FP))
+    assert training_dir.prepare_model_dir(model_dir, dict(FP)) == 300  # the step to resume at
     assert (model_dir / "ckpt-3.index").is_file()
 
 
@@ -81,8 +81,9 @@ def test_fingerprint_changes_with_the_model_and_the_classes_not_with_nothing(tmp
     label_map.write_text("item { id: 1 name: 'b' }\n")
     changed = training_dir.fingerprint(config)
     assert changed["label_map"] != first["label_map"] and changed["model"] == first["model"]
-    seeded = training_dir.fingerprint(config, TrainParams(seed=1))
-    assert seeded["train_params"] != training_dir.fingerprint(config, TrainParams(seed=2))["train_params"]
+    seeded = training_dir.fingerprint(config, make_run(config, seed=1))
+    reseeded = training_dir.fingerprint(config, make_run(config, seed=2))
+    assert seeded["train_params"] != reseeded["train_params"]
 
 
 def test_copy_best_writes_a_checkpoint_directory_export_can_read(tmp_path):
@@ -91,11 +92,10 @@ def test_copy_best_writes_a_checkpoint_directory_export_can_read(tmp_path):
     for suffix in ("index", "data-00000-of-00001"):
         (model_dir / f"ckpt-4.{suffix}").write_text(suffix)
     (model_dir / "ckpt-40.index").write_text("not this one")
-    (model_dir / "mlflow_run.json").write_text('{"run_id": "abc"}\n')
-    training_dir.copy_best(str(model_dir / "ckpt-4"), 30, model_dir)
+    training_dir.copy_best(str(model_dir / "ckpt-4"), 30, model_dir,
+                           lambda folder: (folder / "run.json").write_text("{}"))
     best = model_dir / "best"
     assert sorted(p.name for p in best.iterdir()) == [
-        "best.json", "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index",
-        "mlflow_run.json"]
+        "best.json", "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index", "run.json"]
     assert 'model_checkpoint_path: "ckpt-4"' in (best / "checkpoint").read_text()
     assert training_dir.read_best(model_dir) == {"step": 30, "checkpoint": "ckpt-4"}
