@@ -3,10 +3,10 @@ the metrics file."""
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
+from pipeline.core import files
 from pipeline.training import checkpoint_eval
 
 
@@ -30,14 +30,13 @@ def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def write_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     """One CSV row per step, one column per scalar (a DVC plot)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tags = sorted(curves)
     rows: dict[int, dict[str, float]] = defaultdict(dict)
     for tag in tags:
         for step, value in curves[tag]:
             rows[step][tag.replace("/", "_")] = value
     columns = ["step", *(t.replace("/", "_") for t in tags)]
-    with path.open("w", newline="") as handle:
+    with files.atomic_file(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for step in sorted(rows):
@@ -46,8 +45,7 @@ def write_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None
 
 def write_eval_curves(history: dict[str, dict[str, float]], path: Path) -> None:
     """``step, map, map_50, map_75, mar_100, val_loss``: one row per evaluation (a DVC plot)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with files.atomic_file(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["step", *checkpoint_eval.METRICS])
         writer.writeheader()
         for step in sorted(history, key=int):
@@ -65,5 +63,4 @@ def write_metrics(history: dict[str, dict[str, float]], best: dict | None, best_
         "final_step": final_step,
         "final": checkpoint_eval.summary(history.get(str(final_step), {})),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n")
+    files.write_json_atomic(path, content)
