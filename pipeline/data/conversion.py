@@ -32,8 +32,7 @@ from pipeline.core.records import SPLITS, ImageRecord
 from pipeline.data.beam import METRICS_NAMESPACE, WORK_DIR, build_pipeline, read_side_outputs
 from pipeline.data.health import build_report, report_markdown, write_plots
 from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
-from pipeline.data.readers.coco import read_coco
-from pipeline.data.readers.voc import read_voc
+from pipeline.data.readers import registry
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +73,7 @@ def read_dataset(
     root = Path(data.root)
     if not (images or annotations) and not root.is_dir():
         raise PipelineError(f"dataset root {root} does not exist (data.root or --input)")
-    fractions = {"val_fraction": data.val_fraction, "test_fraction": data.test_fraction}
-    if data.format == "coco":
-        return read_coco(root, data.coco_annotation_file, images=images,
-                         annotations=annotations, **fractions)
-    return read_voc(root, images=images, annotations=annotations, **fractions)
+    return registry.reader(data.format)(root, data, images, annotations)
 
 
 def check_unknown_classes(records: Sequence[ImageRecord], label_map: LabelMap,

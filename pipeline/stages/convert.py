@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.params import DataParams, Params
 from pipeline.data.conversion import convert_dataset
+from pipeline.data.readers.registry import READERS
 from pipeline.tracking import journal as tracking
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m pipeline convert``."""
     parser.add_argument("--output", default=str(layout.RECORDS_DIR), help="output folder")
-    parser.add_argument("--format", choices=("voc", "coco"), help="override data.format")
+    parser.add_argument("--format", choices=tuple(READERS), help="override data.format")
     parser.add_argument("--input", help="dataset root (override data.root), e.g. a VOC tree "
                         "with JPEGImages/ and Annotations/, or COCO split folders")
     parser.add_argument("--images", help="images folder (flat layouts; with --annotations)")
