@@ -10,12 +10,14 @@ detail}]}}. Reasons and actions are listed in :data:`pipeline.data.checks.REASON
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 from pipeline.core import layout
@@ -29,6 +31,9 @@ from pipeline.data.labelmap import LabelMap
 BOX_SIZE_EDGES = (8, 16, 32, 64, 96, 128, 256, 512)
 #: data_report.md lists at most this many issues per reason (data_report.json has them all).
 MD_ISSUES_PER_REASON = 50
+#: The Markdown report's template, a package resource in ``pipeline/data/templates/``.
+TEMPLATES_DIR = "templates"
+MARKDOWN_TEMPLATE = "data_report.md.j2"
 
 
 def empty_summary() -> dict:
@@ -146,36 +151,35 @@ def _bars(axes: Any, title: str, categories: list[str], per_split: Mapping[str, 
 
 
 def report_markdown(report: dict) -> str:
-    """The readable summary: counts per split and class, plots, warnings and the issues."""
-    classes = [c["name"] for c in report["classes"]]
-    lines = [
-        "# Data report", "",
-        f"Dataset: `{report['root']}` ({report['format']}); classes: "
-        + ", ".join(f"{c['id']}={c['name']}" for c in report["classes"]), "",
-        "| split | images | objects | " + " | ".join(classes) + " | max/image | issues |",
-        "|---|---:|---:|" + "---:|" * len(classes) + "---:|---:|",
-    ]
-    for split, s in report["splits"].items():
-        per_class = " | ".join(str(s["objects_per_class"].get(c, 0)) for c in classes)
-        lines.append(f"| {split} | {s['images']} / {s['images_listed']} | {s['objects']} | "
-                     f"{per_class} | {s['max_objects_per_image']} | {len(s['issues'])} |")
-    lines += ["", "Images: written / listed.", ""]
-    lines += [f"**Warning:** {w}  " for w in report["warnings"]]
-    lines += ["", *[f"![{p}]({p})" for p in report["plots"]], "", "## Issues by reason", ""]
-    lines += [f"- {reason} ({REASONS.get(reason, '?')}): {n}"
-              for reason, n in report["issue_counts"].items()] or ["- none"]
-    return "\n".join(lines + _issue_lines(report)) + "\n"
+    """The readable summary (the template ``templates/data_report.md.j2``): counts per split
+    and class, warnings, plots and the issues by reason."""
+    return _templates().get_template(MARKDOWN_TEMPLATE).render(markdown_context(report))
 
 
-def _issue_lines(report: dict) -> list[str]:
+def markdown_context(report: dict) -> dict:
+    """The template's variables: the report's values, arranged in rows and groups."""
+    names = [c["name"] for c in report["classes"]]
     issues = [i for s in report["splits"].values() for i in s["issues"]]
-    lines = []
-    for reason in report["issue_counts"]:
+    rows = [{"split": split, "images": s["images"], "listed": s["images_listed"],
+             "objects": s["objects"], "max_objects": s["max_objects_per_image"],
+             "per_class": [s["objects_per_class"].get(c, 0) for c in names],
+             "issues": len(s["issues"])} for split, s in report["splits"].items()]
+    reasons = []
+    for reason, count in report["issue_counts"].items():
         of_reason = [i for i in issues if i["reason"] == reason]
-        lines += ["", f"### {reason}", "", "| split | file | action | detail |", "|---|---|---|---|"]
-        lines += [f"| {i['split']} | {i['file']} | {i['action']} | {i['detail']} |"
-                  for i in of_reason[:MD_ISSUES_PER_REASON]]
-        if len(of_reason) > MD_ISSUES_PER_REASON:
-            lines.append(f"\n... and {len(of_reason) - MD_ISSUES_PER_REASON} more "
-                         f"(all in {layout.DATA_REPORT_JSON})")
-    return lines
+        reasons.append({"name": reason, "action": REASONS.get(reason, "?"), "count": count,
+                        "issues": of_reason[:MD_ISSUES_PER_REASON],
+                        "more": max(0, len(of_reason) - MD_ISSUES_PER_REASON)})
+    return {"root": report["root"], "format": report["format"], "names": names,
+            "class_ids": ", ".join(f"{c['id']}={c['name']}" for c in report["classes"]),
+            "rows": rows, "warnings": report["warnings"], "plots": report["plots"],
+            "reasons": reasons, "json_file": layout.DATA_REPORT_JSON}
+
+
+@functools.lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    # Markdown, not HTML: no autoescape. A missing variable is an error, not an empty string.
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline.data", TEMPLATES_DIR), autoescape=False,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True)
