@@ -34,6 +34,9 @@ REASONS = {
     "empty_box": "dropped_box", "non_finite_box": "dropped_box", "unknown_label": "dropped_box",
     "leakage": "suspicious",
     "duplicate_image": "suspicious",
+    # YOLO labels: a line that is not 'class cx cy w h', a class id without a name, an image
+    # without a label file (written as a background image)
+    "class_id_out_of_range": "skipped", "no_label_file": "suspicious",
 }
 
 
@@ -100,11 +103,15 @@ def file_name(record: ImageRecord) -> str:
 
 def _usable_reference(record: ImageRecord, issues: list[Issue]) -> bool:
     """False (and reported) when the reader found a problem or the path leaves the root (by
-    ``..``, an absolute path or a symbolic link); the report names the annotation file."""
+    ``..``, an absolute path or a symbolic link); the report names the annotation file. A
+    reader's suspicion (e.g. ``no_label_file``) is reported and the image kept."""
     if record.problem:
         reason, _, detail = record.problem.partition(": ")
-        issues.append(_issue(record, reason, "skipped", detail))
-        return False
+        # A reader's problem skips the image, except a suspicion: reported, image written.
+        action = "suspicious" if REASONS.get(reason) == "suspicious" else "skipped"
+        issues.append(_issue(record, reason, action, detail))
+        if action == "skipped":
+            return False
     named_by = f"{record.annotation} refers to " if record.annotation else ""
     if not is_inside(record.image_path, record.root):
         issues.append(_issue(record, "unsafe_path", "skipped", f"{named_by}{record.image_path}, "

@@ -1,4 +1,4 @@
-"""Stage ``convert``: a VOC or COCO dataset -> sharded TFRecords for the OD API, with Apache Beam.
+"""Stage ``convert``: a VOC, COCO or YOLO dataset -> sharded TFRecords for the OD API, with Apache Beam.
 
 This module is the command line: its options, the run and its MLflow record. The work is in
 :mod:`pipeline.data`: the driver (:mod:`~pipeline.data.conversion`), the Beam graph
@@ -27,11 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=str(layout.RECORDS_DIR), help="output folder")
     parser.add_argument("--format", choices=tuple(READERS), help="override data.format")
     parser.add_argument("--input", help="dataset root (override data.root), e.g. a VOC tree "
-                        "with JPEGImages/ and Annotations/, or COCO split folders")
+                        "with JPEGImages/ and Annotations/, COCO split folders, or a YOLO tree")
     parser.add_argument("--images", help="images folder (flat layouts; with --annotations)")
     parser.add_argument("--annotations", help="VOC: folder of XML files (may be the images "
                         "folder); COCO: one JSON file (split by data.val/test_fraction) or a "
-                        "folder of per-split files (instances_train2017.json, ...)")
+                        "folder of per-split files (instances_train2017.json, ...); YOLO: "
+                        "folder of .txt labels (may be the images folder)")
 
 
 def run(args: argparse.Namespace, params: Params) -> None:

@@ -8,7 +8,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.core.files import MARKER
 from pipeline.core.params import SampleParams
@@ -86,3 +88,28 @@ def test_output_never_replaces_an_input_or_a_foreign_folder(tmp_path: Path, monk
         assert main(["convert", "--params", str(params), "--input", str(dataset),
                      "--output", str(out)]) == 0
     assert (out / MARKER).is_file() and (out / "data_report.json").is_file()
+
+
+def test_cli_yolo_labels_next_to_the_images(tmp_path: Path, monkeypatch) -> None:
+    """``--format yolo --images DIR --annotations DIR`` with labelImg's YOLO mode: labels and
+    classes.txt in the images folder."""
+    from pipeline.cli import main
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    (folder / "classes.txt").write_text("cat\ndog\n")
+    for index in range(6):
+        Image.new("RGB", (40, 30), (index * 40, 0, 0)).save(folder / f"s{index}.jpg")
+        (folder / f"s{index}.txt").write_text(f"{index % 2} 0.5 0.5 0.25 0.5\n")
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  val_fraction: 0.0\n  test_fraction: 0.0\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = tmp_path / "out"
+    assert main(["convert", "--params", str(params), "--format", "yolo", "--images",
+                 str(folder), "--annotations", str(folder), "--output", str(out)]) == 0
+    report = json.loads((out / "data_report.json").read_text())
+    assert (report["format"], report["images"], report["issue_counts"]) == ("yolo", 6, {})
+    assert report["splits"]["train"]["objects_per_class"] == {"cat": 3, "dog": 3}
+    decoded = decode_records(sorted(out.glob("train.tfrecord-*")))
+    assert set(decoded) == {f"s{i}" for i in range(6)}
+    np.testing.assert_allclose(decoded["s0"]["boxes"], [[0.25, 0.375, 0.75, 0.625]], atol=1e-6)

@@ -219,10 +219,11 @@ def load_coco(json_path: Path) -> CocoFile:
     try:
         return CocoFile.model_validate(data)
     except ValidationError as err:
-        raise PipelineError(_first_problem(json_path, err)) from None
+        raise PipelineError(first_problem(json_path, err)) from None
 
 
-def _first_problem(json_path: Path, err: ValidationError) -> str:
+def first_problem(json_path: Path, err: ValidationError) -> str:
+    """One line: the file, the key and the value of the first problem pydantic found."""
     problem = err.errors()[0]
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem["loc"])
     got = "" if problem["type"] == "missing" else f" (got {repr(problem['input'])[:80]})"

@@ -15,7 +15,7 @@ from typing import Protocol
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import DataParams
 from pipeline.core.records import ImageRecord
-from pipeline.data.readers import coco, voc
+from pipeline.data.readers import coco, voc, yolo
 
 
 class Reader(Protocol):
@@ -30,6 +30,7 @@ class Reader(Protocol):
 READERS: dict[str, Reader] = {
     "voc": voc.read_dataset,
     "coco": coco.read_dataset,
+    "yolo": yolo.read_dataset,
 }
 
 
