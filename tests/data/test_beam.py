@@ -11,8 +11,10 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.core.records import ImageRecord, ObjectAnnotation
-from pipeline.data.beam import SplitSummaryFn, build_pipeline, duplicate_issues
-from pipeline.data.conversion import make_runner
+from pipeline.data.beam import (
+    FindDuplicateContent, SplitSummaryFn, build_pipeline, duplicate_issues,
+)
+from pipeline.data.conversion import beam_counters, make_runner
 from pipeline.data.health import box_size_bin
 
 from tests.data.helpers import decode_records, save
@@ -81,3 +83,29 @@ def test_duplicates_within_a_split_name_all_but_the_first() -> None:
         ("b.jpg", "duplicate_image", "suspicious"), ("c.jpg", "duplicate_image", "suspicious")]
     assert got[0]["detail"] == "same content as a.jpg (train), c.jpg (train)"
     assert list(duplicate_issues([("val", "x.jpg")])) == []
+
+
+def test_find_duplicate_content_on_test_pipeline_and_its_counters() -> None:
+    """The composite transform alone: leakage across splits, duplicates within one; the
+    ``convert`` counters count them as the runner saw them."""
+    p = test_pipeline.TestPipeline(runner=make_runner(PipelineOptions()))
+    content = p | beam.Create([
+        ("h1", ("train", "a.jpg")), ("h1", ("test", "b.jpg")), ("h2", ("val", "c.jpg")),
+        ("h3", ("val", "d.jpg")), ("h3", ("val", "e.jpg"))])
+    issues = (content | "Duplicates" >> FindDuplicateContent()
+              | beam.Map(lambda i: (i["file"], i["split"], i["reason"])))
+    assert_that(issues, equal_to([("a.jpg", "train", "leakage"), ("b.jpg", "test", "leakage"),
+                                  ("e.jpg", "val", "duplicate_image")]))
+    result = p.run()
+    result.wait_until_finish()
+    assert beam_counters(result) == {"duplicate_image": 1, "leakage": 2}
+
+
+def test_build_pipeline_labels_its_steps(tmp_path: Path) -> None:
+    """The step names docs/scale-out.md lists (they name the steps in a runner's UI)."""
+    p = beam.Pipeline(runner=make_runner(PipelineOptions()))
+    record = ImageRecord("a", save(tmp_path / "a.jpg"), 40, 30, "train")
+    build_pipeline(p, [record], tmp_path / "out", {"cat": 1}, {"train": 1, "val": 1, "test": 1})
+    names = {t.unique_name for t in p.to_runner_api().components.transforms.values()}
+    assert {"CreateShards", "Distribute", "WriteShards", "SummariseSplits",
+            "FindDuplicateContent", "WriteIssues", "WriteSummaries"} <= names
