@@ -64,7 +64,7 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 class DataParams:
     """Where the dataset to convert lives, in which format, and the conversion policies."""
 
-    format: Literal["voc", "coco"] = "voc"
+    format: Literal["voc", "coco", "yolo"] = "voc"
     root: str = str(layout.SAMPLE_DIR)
     coco_annotation_file: str = "_annotations.coco.json"
     classes: tuple[str, ...] = ()

@@ -30,7 +30,8 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
         ({"train": {"batch_size": True}}, "train.batch_size must be of type int, got True (bool)"),
         ({"train": {"batch_size": 0}}, "train.batch_size must be in [1, 4096], got 0"),
         ({"train": {"learning_rate": -1}}, "train.learning_rate must be in [0.0, 10.0], got -1.0"),
-        ({"data": {"format": "yolo"}}, "data.format must be one of ['voc', 'coco'], got 'yolo'"),
+        ({"data": {"format": "kitti"}},
+         "data.format must be one of ['voc', 'coco', 'yolo'], got 'kitti'"),
         ({"model": {"name": "yolo"}}, "model.name must be one of ['efficientdet_d0', "
                                       "'faster_rcnn_resnet50_640', 'ssd_mobilenet_v2_320', "
                                       "'ssd_mobilenet_v2_fpnlite_320', "
