@@ -1,9 +1,12 @@
-"""configs/models.yaml: typed, validated entries, one per template file."""
+"""The template registry: configs/models.yaml has typed, validated entries, one per template
+file, and every template parses and states the reference its entry records."""
 import re
 
 import pytest
 
 from pipeline.core.errors import ParamsError
+from pipeline.core.params import available_models
+from pipeline.odapi import pipeline_config
 from pipeline.odapi import templates as zoo
 
 
@@ -25,3 +28,23 @@ def test_models_yaml_entries_are_typed_and_validated(tmp_path):
         "other:\n  description: d\n  reference_batch_size: 1\n  reference_learning_rate: 1\n")
     with pytest.raises(ParamsError, match="lists 'other' but other.config is missing"):
         zoo.load_specs(tmp_path / "models.yaml")
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_template_parses(name):
+    assert pipeline_config.load_template(name).model.WhichOneof("model")
+
+
+def test_the_shipped_templates_and_models_yaml_match_one_to_one():
+    on_disk = {p.stem for p in zoo.CONFIGS_DIR.glob("*.config")}
+    assert set(available_models()) == on_disk
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_each_template_states_the_reference_that_models_yaml_records(name):
+    """The template's own batch size and peak LR are the reference the LR is scaled from."""
+    spec, tc = zoo.spec_for(name), pipeline_config.load_template(name).train_config
+    cosine = tc.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
+    assert tc.batch_size == spec.reference_batch_size
+    assert cosine.learning_rate_base == pytest.approx(spec.reference_learning_rate)
+    assert "Reference: batch_size" in zoo.template_path(name).read_text()
