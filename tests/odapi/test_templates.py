@@ -3,6 +3,7 @@ file, and every template parses and states the reference its entry records."""
 import re
 
 import pytest
+import yaml
 
 from pipeline.core.errors import ParamsError
 from pipeline.core.params import available_models
@@ -48,3 +49,29 @@ def test_each_template_states_the_reference_that_models_yaml_records(name):
     assert tc.batch_size == spec.reference_batch_size
     assert cosine.learning_rate_base == pytest.approx(spec.reference_learning_rate)
     assert "Reference: batch_size" in zoo.template_path(name).read_text()
+
+
+def parametrized_names(test) -> set[str]:
+    """The values a test is parametrized with for its ``name`` argument (its ids)."""
+    marks = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
+    return {value for mark in marks if mark.args[0] == "name" for value in mark.args[1]}
+
+
+def test_every_template_in_models_yaml_is_in_every_template_test():
+    """A template added to configs/models.yaml is tested without editing a test: each test that
+    loops over templates is parametrized with all of them (models.yaml read here on its own)."""
+    from tests.odapi import test_model_templates, test_pipeline_config, test_zoo_templates
+
+    entries = yaml.safe_load(zoo.MODELS_FILE.read_text())
+    listed = set(entries)
+    with_zoo = {name for name, entry in entries.items() if entry.get("zoo_archive")}
+    assert len(listed) >= 5 and with_zoo
+    zoo_test = test_zoo_templates.\
+        test_zoo_checkpoint_of_each_template_is_pinned_cached_refused_when_changed_and_restored
+    loops = {test_model_templates.test_template_builds_and_trains_one_step_on_cpu: listed,
+             zoo_test: with_zoo,
+             test_pipeline_config.test_image_size_zero_keeps_the_template_size: listed,
+             test_every_template_parses: listed,
+             test_each_template_states_the_reference_that_models_yaml_records: listed}
+    for test, expected in loops.items():
+        assert parametrized_names(test) == expected, test.__name__
