@@ -98,11 +98,24 @@ class _StrictLoader(yaml.SafeLoader):
 
 # --- models and field types ---------------------------------------------------------------------
 
-#: Decorator of every validated model: a frozen pydantic dataclass refusing unknown keys (and
-#: checking its defaults too: model.name and data.root depend on files and the working folder). A
-#: dataclass (not a BaseModel) so that ``dataclasses.asdict``/``replace`` keep working on params.
-record = functools.partial(dataclass, frozen=True,
-                           config=ConfigDict(extra="forbid", validate_default=True))
+def record(cls: type) -> type:
+    """``cls`` as a frozen pydantic dataclass refusing unknown keys, its defaults validated too
+    (model.name and data.root depend on files and the working folder). A dataclass rather than
+    a BaseModel so that ``dataclasses.asdict``/``replace`` keep working on params. Building one
+    in code with a bad value (``replace(params.data, root=...)``) raises a one-line
+    ParamsError, as loading does, not pydantic's multi-line report."""
+    cls = dataclass(cls, frozen=True, config=ConfigDict(extra="forbid", validate_default=True))
+    validating_init = cls.__init__
+
+    @functools.wraps(validating_init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            validating_init(self, *args, **kwargs)
+        except ValidationError as err:
+            raise ParamsError(_first_problem(cls, err.errors(), f"{cls.__name__}.")) from None
+
+    cls.__init__ = __init__
+    return cls
 
 
 def invalid(message: str) -> PydanticCustomError:

@@ -139,6 +139,22 @@ def test_invalid_yaml_is_a_params_error(tmp_path):
         load_params(tmp_path / "p.yaml")
 
 
+def test_params_built_in_code_are_validated_with_the_same_one_line_errors():
+    """Building a section in code (as convert does with replace(params.data, root=...)) checks
+    it as loading does, and fails with a ParamsError, not pydantic's multi-line report."""
+    import dataclasses
+
+    from pipeline.core.params import DataParams, SampleParams, TrainParams
+
+    with pytest.raises(ParamsError) as err:
+        SampleParams(num_images=8)
+    assert str(err.value) == "SampleParams.num_images must be in [10, 100000], got 8"
+    with pytest.raises(ParamsError, match=r"^data\.root must be a dataset folder, not the filesystem"):
+        dataclasses.replace(DataParams(), root="/")
+    with pytest.raises(ParamsError, match=r"^train\.warmup_steps must be smaller"):
+        TrainParams(num_steps=5)
+
+
 def test_params_objects_are_frozen():
     params = Params()
     with pytest.raises(AttributeError):
