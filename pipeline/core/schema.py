@@ -94,9 +94,8 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# --- models and field types --------------------------------------------------------------------
 
-
-# --- models and field types ---------------------------------------------------------------------
 
 def record(cls: type) -> type:
     """``cls`` as a frozen pydantic dataclass refusing unknown keys, its defaults validated too
@@ -265,7 +264,8 @@ def _describe(cls: type, error: dict, prefix: str) -> str:
     if kind == "finite_number":
         return f"{key} must be a finite number, got {value!r}"
     if kind in ("tuple_type", "list_type"):
-        return f"{key} must be a list of {_item_type(_field_at(cls, loc).annotation)}, got {value!r}"
+        item = _item_type(_field_at(cls, loc).annotation)
+        return f"{key} must be a list of {item}, got {value!r}"
     if kind in ("dataclass_type", "model_type", "dict_type"):
         return f"{key} must be a mapping, got {type(value).__name__}"
     if kind in _BOUNDS:

@@ -64,7 +64,8 @@ def test_missing_label_map_is_a_clear_error(tmp_path):
 
 def test_a_config_that_does_not_parse_back_is_not_written(data_dir, monkeypatch):
     config = pipeline_config.render(ModelParams(), TrainParams(), data_dir)
-    monkeypatch.setattr(pipeline_config, "serialize", lambda c: "model { ssd { no_such_field: 1 } }")
+    monkeypatch.setattr(pipeline_config, "serialize",
+                        lambda c: "model { ssd { no_such_field: 1 } }")
     target = data_dir / "bad" / "pipeline.config"
     with pytest.raises(PipelineError, match="does not parse"):
         pipeline_config.write_config(config, target)
@@ -109,8 +110,8 @@ def test_image_size_zero_keeps_the_template_size(data_dir, name):
 
 
 def test_image_size_reaches_keep_aspect_resizers_and_the_crop_augmentation(data_dir):
-    config = pipeline_config.render(ModelParams(name="efficientdet_d0", image_size=384), TrainParams(),
-                              data_dir)
+    config = pipeline_config.render(ModelParams(name="efficientdet_d0", image_size=384),
+                                    TrainParams(), data_dir)
     resizer = config.model.ssd.image_resizer.keep_aspect_ratio_resizer
     assert (resizer.min_dimension, resizer.max_dimension) == (384, 384)
     crops = [s.random_scale_crop_and_pad_to_square for s in
@@ -127,7 +128,7 @@ def augmentation_names(config) -> list[str]:
 def test_augmentations_keep_replace_or_remove(data_dir):
     def render(names):
         return pipeline_config.render(ModelParams(name="ssd_mobilenet_v2_320", image_size=320),
-                                TrainParams(augmentations=names), data_dir)
+                                      TrainParams(augmentations=names), data_dir)
 
     assert augmentation_names(render(())) == ["random_horizontal_flip", "ssd_random_crop"]
     assert augmentation_names(render(("none",))) == []
