@@ -1,4 +1,5 @@
-"""Command line: ``python -m pipeline <stage> [--params params.yaml] [stage options]``.
+"""Command line: ``odp <stage> [--params params.yaml] [--verbose] [stage options]``
+(``python -m pipeline`` is the same).
 
 A thin layer: it validates params.yaml (so bad params stop the run before any work), imports
 only the chosen stage's module, and turns the project's known errors into one-line messages.
@@ -9,12 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from pipeline.core import layout
-from pipeline.core import redaction
+from pipeline.core import logs, redaction
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import ParamsError, load_params
+from pipeline.core.params import ParamsError, load_params, params_from_dict
 
 #: stage name -> (module, one-line help)
 STAGES = {
@@ -28,17 +30,31 @@ STAGES = {
     "sync-mlflow": ("pipeline.stages.sync_mlflow", "send MLflow records a training kept locally"),
     "check-params": ("pipeline.stages.check_params", "validate the params file (run before dvc repro)"),
 }
+#: Stages that need no params file (usable outside a project): without --params, the defaults.
+WITHOUT_PARAMS = {"predict"}
+VERBOSE_FLAGS = ("--verbose", "-v")
+
+
+def program_name() -> str:
+    """``odp`` when started through the console script, else ``python -m pipeline``."""
+    return "odp" if os.path.basename(sys.argv[0]) == "odp" else "python -m pipeline"
 
 
 def build_parser(stage: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    """The parser of every stage; only ``stage``'s module is imported (for its options)."""
+    parser = argparse.ArgumentParser(
+        prog=program_name(),
+        description="Train custom object detectors with the TF2 Object Detection API.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (module_name, help_text) in STAGES.items():
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
         stage_parser.add_argument(
-            "--params", default=layout.PARAMS_FILE,
-            help=f"params file (default: {layout.PARAMS_FILE})"
-        )
+            "--params", default=None if name in WITHOUT_PARAMS else layout.PARAMS_FILE,
+            help="params file (default: none, the defaults)" if name in WITHOUT_PARAMS
+            else f"params file (default: {layout.PARAMS_FILE})")
+        stage_parser.add_argument(
+            *VERBOSE_FLAGS, action="store_true",
+            help=f"also show TensorFlow's, Beam's and MLflow's log lines ({logs.VERBOSE_ENV}=1)")
         if name == stage:  # import only the module of the stage being run
             importlib.import_module(module_name).add_arguments(stage_parser)
     return parser
@@ -47,15 +63,19 @@ def build_parser(stage: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stage = next((a for a in argv if a in STAGES), None)
+    if any(flag in argv for flag in VERBOSE_FLAGS):
+        logs.set_verbose(True)  # before the stage's module (and TensorFlow) is imported
     args = build_parser(stage).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)  # Beam adds a root handler at import
+    logs.apply()  # again: imports may have reset the stack's loggers
     redaction.install_log_filter()  # no credentials in any log line
+    params_file = args.params
     try:
-        params = load_params(args.params)
+        params = load_params(params_file) if params_file else params_from_dict({})
         importlib.import_module(STAGES[args.stage][0]).run(args, params)
     except ParamsError as err:
-        print(f"error: bad params ({args.params}): {err}", file=sys.stderr)
+        print(f"error: bad params ({params_file}): {err}", file=sys.stderr)
         return 2
     except PipelineError as err:
         print(f"error: {args.stage}: {err}", file=sys.stderr)

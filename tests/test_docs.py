@@ -98,7 +98,7 @@ def commands_in_docs() -> set[str]:
 
 
 def test_every_command_the_docs_name_accepts_params_and_help(capsys):
-    """README: "Every stage accepts `--params FILE` and `--help`"."""
+    """README: every stage accepts `--params FILE`, `--help` and `--verbose`."""
     from pipeline.cli import main
 
     commands = commands_in_docs()
@@ -107,7 +107,9 @@ def test_every_command_the_docs_name_accepts_params_and_help(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0, f"python -m pipeline {command} --help failed"
-        assert "--params" in capsys.readouterr().out, f"{command} has no --params option"
+        out = capsys.readouterr().out
+        assert "--verbose" in out, f"{command} has no --verbose option"
+        assert "--params" in out, f"{command} has no --params option"
 
 
 def test_changing_train_num_steps_reruns_configure_train_export_report_only():
