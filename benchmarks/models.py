@@ -248,9 +248,9 @@ def time_template(work: Path, model: str, batch_size: int) -> dict:
     result = train_loop_timing(config, work / f"run_{model}", steps)
     measured = result["steps_per_sec"][WARMUP_STEPS:]
     rate = statistics.median(measured) * batch_size
-    from pipeline.stages import configure as configure_stage
+    from pipeline.odapi import pipeline_config
 
-    size = configure_stage.image_size(configure_stage.load_template(model))
+    size = pipeline_config.image_size(pipeline_config.load_template(model))
     return {"model": model, "image_size": size, "batch_size": batch_size,
             "images_per_second": round(rate, 2), "seconds_per_step": round(batch_size / rate, 3),
             "measured_steps": len(measured), "wall_seconds": round(result["wall_seconds"], 1)}

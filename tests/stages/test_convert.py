@@ -68,7 +68,7 @@ def test_output_never_replaces_an_input_or_a_foreign_folder(tmp_path: Path, monk
     from pipeline.cli import main
 
     dataset = tmp_path / "project" / "voc"
-    generate(SampleParams(num_images=8), dataset)
+    generate(SampleParams(num_images=10), dataset)  # the smallest valid sample
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")
     foreign = tmp_path / "mine"
