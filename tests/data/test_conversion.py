@@ -102,6 +102,35 @@ def test_unknown_classes_error_policy(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_a_class_typo_stops_convert_with_a_did_you_mean(sample: Path, tmp_path: Path) -> None:
+    """``Circle`` for ``circle``: every box would be dropped as unknown and training would see no
+    object; convert stops before any output, naming the labels found and the likely ones."""
+    data = DataParams(root=str(sample), classes=("Circle", "sqare", "hexagon"))
+    with pytest.raises(PipelineError) as err:
+        convert_dataset(data, ConvertParams(), tmp_path / "out")
+    assert str(err.value) == (
+        "the train split has no box of the classes ['Circle', 'sqare', 'hexagon']; labels in the "
+        "annotations: ['circle', 'square', 'triangle']; did you mean 'circle' for 'Circle', "
+        "'square' for 'sqare' in data.classes?")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_train_split_whose_boxes_are_all_dropped_is_an_error(tmp_path: Path) -> None:
+    """Boxes outside the image are dropped by the Beam checks: no object left in train."""
+    root = tmp_path / "voc"
+    root.mkdir()
+    save(root / "a.jpg")  # 40 x 30
+    (root / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>40</width><height>30</height></size>"
+        "<object><name>cat</name><bndbox><xmin>50</xmin><ymin>2</ymin><xmax>60</xmax>"
+        "<ymax>9</ymax></bndbox></object></annotation>")
+    data = DataParams(root=str(root), val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(PipelineError, match=r"^the train split has no usable objects \(every box "
+                                            r"was dropped: \{'empty_box': 1\}\)"):
+        convert_dataset(data, ConvertParams(), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
 def test_direct_runner_options() -> None:
     small = pipeline_options(ConvertParams(), 400).get_all_options()
     assert (small["direct_running_mode"], small["direct_num_workers"]) == ("in_memory", 1)
