@@ -61,9 +61,9 @@ def convert_dataset(
     with staged_output(output_dir, inputs) as partial:  # refuses a foreign folder before work
         records = read_dataset(data, images, annotations)
         label_map = build_label_map(data.classes, records)
+        _require_train(Counter(r.split for r in records)["train"], "has no images")
         check_train_objects(records, label_map)
         check_unknown_classes(records, label_map, data)
-        _require_train(Counter(r.split for r in records)["train"], "has no images")
         shards = num_shards_by_split(records, convert.num_shards)
         return _convert_into(partial, data, convert, records, label_map, shards)
 
