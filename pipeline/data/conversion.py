@@ -34,6 +34,7 @@ from pipeline.data.beam import METRICS_NAMESPACE, WORK_DIR, build_pipeline, read
 from pipeline.data.health import build_report, report_markdown, write_plots
 from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
 from pipeline.data.readers import registry
+from pipeline.data.readers.splits import derive_missing_splits, derived_note
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,14 @@ def convert_dataset(
     """
     inputs = [p for p in (data.root, images, annotations) if p]
     with staged_output(output_dir, inputs) as partial:  # refuses a foreign folder before work
-        records = read_dataset(data, images, annotations)
+        records, derived = derive_missing_splits(read_dataset(data, images, annotations),
+                                                 data.val_fraction, data.test_fraction)
         label_map = build_label_map(data.classes, records)
         _require_train(Counter(r.split for r in records)["train"], "has no images")
         check_train_objects(records, label_map)
         check_unknown_classes(records, label_map, data)
         shards = num_shards_by_split(records, convert.num_shards)
-        return _convert_into(partial, data, convert, records, label_map, shards)
+        return _convert_into(partial, data, convert, records, label_map, shards, derived)
 
 
 def read_dataset(
@@ -146,7 +148,7 @@ def make_runner(options: PipelineOptions) -> PipelineRunner | None:
 
 def _convert_into(
     partial: Path, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
-    label_map: LabelMap, shards: Mapping[str, int],
+    label_map: LabelMap, shards: Mapping[str, int], derived: Mapping[str, int],
 ) -> dict:
     log.info("converting %d images (shards: %s) to %s", len(records), dict(shards), partial)
     options = pipeline_options(convert, len(records))
@@ -157,6 +159,10 @@ def _convert_into(
     issues, summaries = read_side_outputs(partial / WORK_DIR)
     report = build_report(data, label_map, records, summaries, issues, shards)
     report["counters"] = beam_counters(result)
+    report["derived_splits"] = dict(derived)
+    fractions = {"val": data.val_fraction, "test": data.test_fraction}
+    report["warnings"][:0] = [derived_note(split, n, fractions[split])
+                              for split, n in derived.items()]
     _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
     if report["splits"]["train"]["objects"] == 0:
         raise PipelineError("the train split has no usable objects (every box was dropped: "
