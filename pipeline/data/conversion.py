@@ -29,10 +29,12 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.files import staged_output, write_json_atomic, write_text_atomic
 from pipeline.core.params import ConvertParams, DataParams
 from pipeline.core.records import SPLITS, ImageRecord
+from pipeline.core.schema import did_you_mean
 from pipeline.data.beam import METRICS_NAMESPACE, WORK_DIR, build_pipeline, read_side_outputs
 from pipeline.data.health import build_report, report_markdown, write_plots
 from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
 from pipeline.data.readers import registry
+from pipeline.data.readers.splits import derive_missing_splits, derived_note
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,14 @@ def convert_dataset(
     """
     inputs = [p for p in (data.root, images, annotations) if p]
     with staged_output(output_dir, inputs) as partial:  # refuses a foreign folder before work
-        records = read_dataset(data, images, annotations)
+        records, derived = derive_missing_splits(read_dataset(data, images, annotations),
+                                                 data.val_fraction, data.test_fraction)
         label_map = build_label_map(data.classes, records)
-        check_unknown_classes(records, label_map, data)
         _require_train(Counter(r.split for r in records)["train"], "has no images")
+        check_train_objects(records, label_map)
+        check_unknown_classes(records, label_map, data)
         shards = num_shards_by_split(records, convert.num_shards)
-        return _convert_into(partial, data, convert, records, label_map, shards)
+        return _convert_into(partial, data, convert, records, label_map, shards, derived)
 
 
 def read_dataset(
@@ -84,6 +88,22 @@ def check_unknown_classes(records: Sequence[ImageRecord], label_map: LabelMap,
         found = ", ".join(f"{name!r} ({n} boxes)" for name, n in sorted(unknown.items()))
         raise PipelineError(f"labels not in data.classes: {found}; add them to data.classes "
                             "or set data.unknown_classes: skip")
+
+
+def check_train_objects(records: Sequence[ImageRecord], label_map: LabelMap) -> None:
+    """Stop when no box in train has a label of the label map (training would see no object),
+    typically a typo in ``data.classes``: say which labels the annotations have, and the
+    likely meant ones (case-insensitive and close matches)."""
+    if any(o.label in label_map for r in records if r.split == "train" for o in r.objects):
+        return
+    found = Counter(o.label for r in records for o in r.objects)
+    message = f"the train split has no box of the classes {list(label_map)}"
+    message += f"; labels in the annotations: {sorted(found)}" if found else "; no box at all"
+    guesses = did_you_mean([name for name in label_map if name not in found], found)
+    if guesses:
+        message += "; did you mean " + ", ".join(
+            f"{guess!r} for {name!r}" for name, guess in guesses.items()) + " in data.classes?"
+    raise PipelineError(message)
 
 
 def num_shards_by_split(records: Sequence[ImageRecord], num_shards: int) -> dict[str, int]:
@@ -128,7 +148,7 @@ def make_runner(options: PipelineOptions) -> PipelineRunner | None:
 
 def _convert_into(
     partial: Path, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
-    label_map: LabelMap, shards: Mapping[str, int],
+    label_map: LabelMap, shards: Mapping[str, int], derived: Mapping[str, int],
 ) -> dict:
     log.info("converting %d images (shards: %s) to %s", len(records), dict(shards), partial)
     options = pipeline_options(convert, len(records))
@@ -139,7 +159,14 @@ def _convert_into(
     issues, summaries = read_side_outputs(partial / WORK_DIR)
     report = build_report(data, label_map, records, summaries, issues, shards)
     report["counters"] = beam_counters(result)
+    report["derived_splits"] = dict(derived)
+    fractions = {"val": data.val_fraction, "test": data.test_fraction}
+    report["warnings"][:0] = [derived_note(split, n, fractions[split])
+                              for split, n in derived.items()]
     _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
+    if report["splits"]["train"]["objects"] == 0:
+        raise PipelineError("the train split has no usable objects (every box was dropped: "
+                            f"{report['splits']['train']['issue_counts']}); training needs boxes")
     shutil.rmtree(partial / WORK_DIR)
     write_label_map(label_map, partial / layout.LABEL_MAP)
     report["plots"] = write_plots(report, partial / layout.DATA_PLOTS_DIR)

@@ -3,7 +3,8 @@
 ``data_report.json``: ``format``, ``root``, ``classes`` ([{id, name}]), ``images``, ``objects``,
 ``max_objects_per_image``, ``issue_counts`` ({reason: n}), ``counters`` (the Beam counters:
 the same counts as the runner saw them, plus ``images_written``, ``shards_written``),
-``warnings`` ([str]), ``plots`` ([file]) and ``splits``: {split: {images_listed, images
+``warnings`` ([str]), ``plots`` ([file]), ``derived_splits`` ({split: images taken from train,
+see :mod:`pipeline.data.readers.splits`}) and ``splits``: {split: {images_listed, images
 (written), objects, objects_per_class, max_objects_per_image, objects_per_image ({n: images}),
 box_sizes ({bin: boxes}), shards, issue_counts, issues: [{file, split, reason, action,
 detail}]}}. Reasons and actions are listed in :data:`pipeline.data.checks.REASONS`.

@@ -5,7 +5,9 @@ Layouts (:func:`find_layout`):
 - standard: ``JPEGImages/``, ``Annotations/<id>.xml``, ``ImageSets/Main/{train,val,test}.txt``;
 - flat: an images folder and an annotations folder (``images/`` + ``annotations/`` under the
   root, or any two folders given explicitly), searched recursively;
-- XML next to each image (labelImg's default): the root holds both, searched recursively.
+- XML next to each image (labelImg's default): the root holds both, searched recursively;
+- otherwise, found by content (:func:`layout_by_content`): the folder holding the XML files and
+  the one holding the images, whatever their names (kangaroo's ``annots/`` + ``images/``).
 
 The split lists (``ImageSets/Main``) are used when present; otherwise each image's split comes
 from a hash of its id (:func:`~pipeline.core.records.hash_split`).
@@ -132,11 +134,57 @@ def find_layout(root: Path, images=None, annotations=None) -> VocLayout:
     for image_dir, xml_dir in FLAT_FOLDERS:
         if (root / image_dir).is_dir() and (root / xml_dir).is_dir():
             return VocLayout(root / image_dir, root / xml_dir, recursive=True)
-    if next(root.rglob("*.xml"), None) is not None:  # XML next to each image
+    return layout_by_content(root)
+
+
+def layout_by_content(root: Path) -> VocLayout:
+    """The folders of ``root`` that hold the XML files and the images, whatever their names
+    (kangaroo's ``annots/`` + ``images/``); XML next to the images: ``root`` for both.
+
+    PipelineError naming what was found, and the options to set, when there is no XML, no
+    image, or no way to tell the two folders apart (several sets of them side by side).
+    """
+    xml_dirs, image_dirs = _folders_holding(root)
+    if not xml_dirs:
+        raise PipelineError(
+            f"{root} is not a Pascal VOC dataset: no XML file found; expected JPEGImages/ + "
+            "Annotations/, images/ + annotations/, or XML files next to the images "
+            "(or pass --images and --annotations)")
+    if xml_dirs & image_dirs:  # XML next to each image (labelImg's default)
         return VocLayout(root, root, recursive=True)
-    raise PipelineError(
-        f"{root} is not a Pascal VOC dataset: expected JPEGImages/ + Annotations/, images/ + "
-        "annotations/, or XML files next to the images (or pass --images and --annotations)")
+    found = f"XML files in {_names(root, xml_dirs)}, images in {_names(root, image_dirs)}"
+    if not image_dirs:
+        raise PipelineError(f"{root}: {found}: no image file found; pass --images DIR "
+                            "--annotations DIR to convert, or point data.root at the dataset")
+    annotations, images = (Path(os.path.commonpath(sorted(d))) for d in (xml_dirs, image_dirs))
+    if annotations == images:
+        raise PipelineError(f"{root}: cannot tell the annotation and image folders apart "
+                            f"({found}); pass --images DIR --annotations DIR to convert, or "
+                            "point data.root at a folder holding one set")
+    return VocLayout(images, annotations, recursive=True)
+
+
+def _folders_holding(root: Path) -> tuple[set[str], set[str]]:
+    """The folders below ``root`` (hidden ones skipped) holding XML files, and image files."""
+    extensions = {ext.lower() for ext in IMAGE_EXTENSIONS}
+    xml_dirs, image_dirs = set(), set()
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        suffixes = {os.path.splitext(name)[1].lower() for name in files}
+        if ".xml" in suffixes:
+            xml_dirs.add(folder)
+        if suffixes & extensions:
+            image_dirs.add(folder)
+    return xml_dirs, image_dirs
+
+
+def _names(root: Path, folders: set[str], most: int = 4) -> str:
+    """The topmost of ``folders``, relative to ``root`` (``a/``, ``b/``...), at most ``most``."""
+    paths = [Path(folder) for folder in folders]
+    tops = [p for p in paths if not any(p != other and p.is_relative_to(other) for other in paths)]
+    names = sorted(p.relative_to(root).as_posix() + "/" for p in tops)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (", ".join(names[:most]) + more) if names else "none"
 
 
 def _require_dir(folder: Path) -> None:
