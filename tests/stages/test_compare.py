@@ -9,13 +9,18 @@ experiment `dvc exp run -n short-lr -S train.num_steps=8 -S train.learning_rate=
 import argparse
 import io
 import json
+import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import params_from_dict
 from pipeline.stages import compare
+from tests.paths import ROOT
+from tests.stages.test_end_to_end import GIT_IDENTITY, make_project, run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "exp_show.json"
 
@@ -86,3 +91,54 @@ def test_outside_a_dvc_project_dvcs_own_reason_is_reported(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineError, match="`dvc exp show --json` failed: .*"):
         compare.read_exp_show(None)
+
+
+# --- the documented `dvc exp show` forms (docs/training.md, Experiments) -----------------------
+
+def documented_exp_show_commands() -> list[list[str]]:
+    lines = (ROOT / "docs" / "training.md").read_text().splitlines()
+    return [shlex.split(line) for line in lines if line.startswith("dvc exp show ")]
+
+
+@pytest.fixture(scope="module")
+def two_revisions(tmp_path_factory) -> Path:
+    """A project whose commit holds the fixture's report metrics, and a workspace where the
+    learning rate, the steps, the test mAP and the latency changed (nothing is run)."""
+    project = make_project(tmp_path_factory.mktemp("exp") / "p", {})
+    run(["git", "init", "-q"], project)
+    run(["dvc", "config", "core.no_scm", "false"], project)
+    metrics = json.loads(FIXTURE.read_text())[1]["data"]["metrics"]
+    for name, content in metrics.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(json.dumps(content["data"]))
+    run(["git", "add", "-A"], project)
+    run(["git", *GIT_IDENTITY, "commit", "-qm", "baseline"], project)
+    params = yaml.safe_load((project / layout.PARAMS_FILE).read_text())
+    params["train"].update(learning_rate=0.01, num_steps=8)
+    (project / layout.PARAMS_FILE).write_text(yaml.safe_dump(params))
+    test_metrics = metrics[compare.METRICS_FILE]["data"]
+    test_metrics["map"], test_metrics["latency_ms"]["p50"] = 0.25, 99.0
+    (project / compare.METRICS_FILE).write_text(json.dumps(test_metrics))
+    return project
+
+
+def markdown_header(output: str) -> list[str]:
+    return [cell.strip() for cell in output.splitlines()[0].strip("|").split("|")]
+
+
+def test_the_docs_show_two_curated_dvc_exp_show_forms():
+    assert len(documented_exp_show_commands()) == 2
+
+
+def test_the_curated_form_shows_exactly_the_key_params_and_test_metrics(two_revisions):
+    keep = documented_exp_show_commands()[0]
+    header = markdown_header(run(keep, two_revisions).stdout)
+    assert sorted(header) == sorted(["Experiment", "map", "map_50", "data.root", "model.name",
+                                     "train.batch_size", "train.learning_rate",
+                                     "train.num_steps"])
+
+
+def test_the_only_changed_form_shows_what_differs_without_the_noise(two_revisions):
+    only_changed = documented_exp_show_commands()[1]
+    header = markdown_header(run(only_changed, two_revisions).stdout)
+    assert sorted(header) == ["Experiment", "map", "train.learning_rate", "train.num_steps"]
