@@ -4,10 +4,10 @@
    (one step per loop iteration, input built as the train stage builds it) on the built-in
    sample data, median over the steps after the warm-up ones (the first step traces the graph).
 2. One config (the default template at its default size) trained through the train stage's
-   code (``pipeline.stages.train.train_with_model_main``: ``model_main_tf2`` with the project's compat
-   shims and the stage's per-step monitor) and through a bare ``model_lib_v2.train_loop`` call
-   with its defaults (blocks of 100 steps, tf.data autotuning on, no shim around the loop)
-   under the ``MirroredStrategy`` model_main_tf2 uses. Throughput on this 2-core VM varies by
+   code (``pipeline.training.loop.train_with_model_main``: ``model_main_tf2`` with the project's
+   compat shims and training hooks, and the stage's per-step monitor) and through a bare
+   ``model_lib_v2.train_loop`` call with its defaults (blocks of 100 steps, tf.data
+   autotuning on, no hook around the loop) under the ``MirroredStrategy`` model_main_tf2 uses. Throughput on this 2-core VM varies by
    up to 20% from one process to the next and from minute to minute, more than the difference
    being measured, so both sides run in ONE process, alternating (stage, bare, bare, stage, ...)
    for ``--rounds`` rounds, each on a fresh model directory; each round gives a paired ratio
@@ -81,11 +81,12 @@ def alternate_stage_and_bare(config: Path, work: Path, steps: int, rounds: int,
     """``rounds`` rounds of one training per side, in this process, the order alternating so
     that neither side always runs first; each on a fresh model directory."""
     from pipeline.core import compat
+    from pipeline.odapi import training_hooks
 
     compat.apply()
     from object_detection import model_lib_v2
 
-    pristine = {name: compat.od_api_original(function)
+    pristine = {name: training_hooks.od_api_original(function)
                 for name, function in od_api_training_functions(model_lib_v2).items()}
     results = []
     for index in range(rounds):
@@ -109,14 +110,14 @@ def alternate_stage_and_bare(config: Path, work: Path, steps: int, rounds: int,
 
 
 def od_api_training_functions(model_lib_v2) -> dict:
-    """The functions the stage's shims 4-6 wrap, as the module holds them now."""
+    """The functions the stage's training hooks wrap, as the module holds them now."""
     return {"train_loop": model_lib_v2.train_loop,
             "eager_train_step": model_lib_v2.eager_train_step,
             "train_input": model_lib_v2.inputs.train_input}
 
 
 def restore_training_functions(model_lib_v2, functions: dict) -> None:
-    """Undo the stage's shims 4-6 so that the next ``train_loop`` call is the OD API's own."""
+    """Undo the stage's training hooks so that the next ``train_loop`` call is the OD API's own."""
     model_lib_v2.train_loop = functions["train_loop"]
     model_lib_v2.eager_train_step = functions["eager_train_step"]
     model_lib_v2.inputs.train_input = functions["train_input"]
@@ -127,14 +128,17 @@ def train_stage_segment(config: Path, model_dir: Path, steps: int, every_n: int,
     """One training segment as the train stage runs it: its per-step monitor (progress, NaN/Inf
     guard) installed, ``model_main_tf2`` called with the stage's flags."""
     from pipeline import compat  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads
-    from pipeline.stages.train import TrainMonitor, model_main_argv, train_with_model_main
+    from pipeline.training.loop import model_main_argv, train_with_model_main
+    from pipeline.training.monitor import TrainMonitor
+
+    from pipeline.odapi import training_hooks
 
     compat.apply()
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)  # as the train stage does (train.seed)
-    monitor = TrainMonitor(steps, batch_size, model_dir, 10.0)
-    compat.observe_train_steps(monitor)
+    monitor = TrainMonitor(steps, batch_size, 10.0)
+    training_hooks.observe_train_steps(monitor)
     train_with_model_main(model_main_argv(config, model_dir, steps, every_n))
 
 
@@ -144,15 +148,16 @@ def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: in
     around it (the proto import shim is needed for the OD API to import at all); its own block
     size (100 steps) unless ``per_iteration`` is given. ``stage_input``: build the input as the
     train stage does (tf.data autotune off, which avoids a stall of up to 58 s when the loop
-    ends; see compat.py, shim 5)."""
+    ends; see pipeline/odapi/training_hooks.py, hook B)."""
     from pipeline.core import compat
+    from pipeline.odapi import training_hooks
 
     compat.apply()
     import tensorflow as tf
     from object_detection import model_lib_v2
 
     if stage_input:
-        compat.without_autotune_model_thread(model_lib_v2.inputs)
+        training_hooks.without_autotune_model_thread(model_lib_v2.inputs)
     blocks = {"num_steps_per_iteration": per_iteration} if per_iteration else {}
     tf.keras.utils.set_random_seed(0)  # as the train stage does (train.seed)
     tf.config.set_soft_device_placement(True)
@@ -165,7 +170,7 @@ def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: in
 def steady_rate(event_dir: Path, warmup_steps: int, batch_size: int) -> float:
     """Images/s over the loop blocks that start at or after ``warmup_steps`` (the first steps
     include tracing), from the ``steps_per_sec`` scalar train_loop writes after each block."""
-    from pipeline.stages.train import read_scalars
+    from pipeline.training.curves import read_scalars
 
     steps = seconds = 0.0
     previous = 0
@@ -232,7 +237,7 @@ def train_loop_timing(config: Path, model_dir: Path, steps: int) -> dict:
 
 
 def steps_per_sec(event_dir: Path) -> list[float]:
-    from pipeline.stages.train import read_scalars
+    from pipeline.training.curves import read_scalars
 
     return [value for _, value in sorted(read_scalars(event_dir).get("steps_per_sec", []))]
 
@@ -243,9 +248,9 @@ def time_template(work: Path, model: str, batch_size: int) -> dict:
     result = train_loop_timing(config, work / f"run_{model}", steps)
     measured = result["steps_per_sec"][WARMUP_STEPS:]
     rate = statistics.median(measured) * batch_size
-    from pipeline.stages import configure as configure_stage
+    from pipeline.odapi import pipeline_config
 
-    size = configure_stage.image_size(configure_stage.load_template(model))
+    size = pipeline_config.image_size(pipeline_config.load_template(model))
     return {"model": model, "image_size": size, "batch_size": batch_size,
             "images_per_second": round(rate, 2), "seconds_per_step": round(batch_size / rate, 3),
             "measured_steps": len(measured), "wall_seconds": round(result["wall_seconds"], 1)}

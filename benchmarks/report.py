@@ -8,8 +8,9 @@ test split, so both are measured in steady state, after the warm-up images:
 1. the report (``report.evaluate``): wall clock from the start of the first timed model call to
    the end of the last one. That window includes everything the report does between calls:
    reading and parsing records, JPEG decoding, ground-truth bookkeeping, the progress bar;
-2. a bare loop over the same images, decoded beforehand, that only calls ``serving_default``
-   and fetches the four detection outputs; the same window.
+2. a bare loop over the same images, decoded beforehand, that only calls the project's one
+   runner (:class:`pipeline.odapi.detector.Detector`: ``serving_default``, the fetch of the four
+   detection outputs and their trimming), as the report does; the same window.
 
 Goal: report >= 0.9x the bare loop. Also printed: the ``images_per_second`` that the report
 writes to ``metrics.json`` (model calls only) and the bare loop's equivalent, and within each
@@ -31,7 +32,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
 def record_model_calls(detector) -> list[tuple[float, float]]:
@@ -50,7 +50,7 @@ def record_model_calls(detector) -> list[tuple[float, float]]:
 
 def report_round(report, args, settings, calls: list) -> tuple[float, float]:
     """(steady-state wall img/s, reported images_per_second) of one report run."""
-    calls.clear()
+    calls.clear()  # also drops the bare loop's calls: it times itself
     with tempfile.TemporaryDirectory() as out:
         metrics = report.evaluate(args.model, args.data, out, settings)
     timed = calls[2 * settings.warmup_images:]  # each warm-up image is called twice
@@ -60,17 +60,16 @@ def report_round(report, args, settings, calls: list) -> tuple[float, float]:
 
 def bare_round(model_dir: Path, images: list, warmup: int) -> tuple[float, float]:
     """(steady-state wall img/s, img/s over the model calls alone) of a bare loop."""
-    import tensorflow as tf
+    from pipeline.odapi.detector import Detector
 
-    detect = tf.saved_model.load(str(model_dir / "saved_model")).signatures["serving_default"]
-    tensors = [tf.constant(image[None]) for image in images]
+    detector = Detector.load(model_dir)
+    tensors = [detector.image_input(image) for image in images]
     ends, call_seconds = [], 0.0
     for index, tensor in enumerate(tensors):
         if index < warmup:
-            detect(input_tensor=tensor)
+            detector(tensor)
         start = time.perf_counter()
-        outputs = detect(input_tensor=tensor)
-        [outputs[key].numpy() for key in KEYS]
+        detector(tensor)
         ends.append(time.perf_counter())
         call_seconds += ends[-1] - start
     steady = ends[warmup:]
@@ -84,13 +83,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="alternating rounds (best kept)")
     args = parser.parse_args()
 
-    from pipeline.odapi import detector
-    from pipeline.stages import export
-    from pipeline.stages import report
     from pipeline.core.params import ReportParams
+    from pipeline.odapi import detector
+    from pipeline.odapi.export import test_examples
+    from pipeline.stages import report
 
     settings = ReportParams(registered_model="", sample_images=0, worst_images=0)
-    images = [detector.decode_example_image(e) for e in export.test_examples(args.data, 10**9)]
+    images = [detector.decode_example_image(e) for e in test_examples(args.data, 10**9)]
     calls = record_model_calls(detector)
     rounds = []
     for _ in range(args.repeat):

@@ -21,7 +21,7 @@ from pipeline.core.params import ParamsError, load_params, params_from_dict
 #: stage name -> (module, one-line help)
 STAGES = {
     "sample": ("pipeline.stages.sample", "generate the built-in synthetic VOC dataset"),
-    "convert": ("pipeline.stages.convert", "convert a VOC or COCO dataset to sharded TFRecords (Beam)"),
+    "convert": ("pipeline.stages.convert", "convert a VOC, COCO or YOLO dataset to sharded TFRecords (Beam)"),
     "configure": ("pipeline.stages.configure", "render pipeline.config from a template and params"),
     "train": ("pipeline.stages.train", "train with the OD API's model_main_tf2"),
     "export": ("pipeline.stages.export", "export a SavedModel, verify it against the checkpoint, TFLite"),
@@ -30,7 +30,7 @@ STAGES = {
     "sync-mlflow": ("pipeline.stages.sync_mlflow", "send MLflow records a training kept locally"),
     "check-params": ("pipeline.stages.check_params", "validate the params file (run before dvc repro)"),
 }
-#: Stages that need no params file (usable outside a project): they get the defaults.
+#: Stages that need no params file (usable outside a project): without --params, the defaults.
 WITHOUT_PARAMS = {"predict"}
 VERBOSE_FLAGS = ("--verbose", "-v")
 
@@ -48,10 +48,10 @@ def build_parser(stage: str | None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (module_name, help_text) in STAGES.items():
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if name not in WITHOUT_PARAMS:
-            stage_parser.add_argument(
-                "--params", default=layout.PARAMS_FILE,
-                help=f"params file (default: {layout.PARAMS_FILE})")
+        stage_parser.add_argument(
+            "--params", default=None if name in WITHOUT_PARAMS else layout.PARAMS_FILE,
+            help="params file (default: none, the defaults)" if name in WITHOUT_PARAMS
+            else f"params file (default: {layout.PARAMS_FILE})")
         stage_parser.add_argument(
             *VERBOSE_FLAGS, action="store_true",
             help=f"also show TensorFlow's, Beam's and MLflow's log lines ({logs.VERBOSE_ENV}=1)")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         force=True)  # Beam adds a root handler at import
     logs.apply()  # again: imports may have reset the stack's loggers
     redaction.install_log_filter()  # no credentials in any log line
-    params_file = getattr(args, "params", None)
+    params_file = args.params
     try:
         params = load_params(params_file) if params_file else params_from_dict({})
         importlib.import_module(STAGES[args.stage][0]).run(args, params)

@@ -7,7 +7,6 @@ import tomllib
 import pytest
 
 from pipeline import cli
-from pipeline.core import logs
 from tests.paths import ROOT
 
 
@@ -39,24 +38,6 @@ def test_every_stage_accepts_verbose():
         assert args.verbose is True
 
 
-def test_verbose_travels_to_child_processes_and_quiet_is_the_default(tmp_path, monkeypatch):
-    probe = ("import os, logging, pipeline; "
-             "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], logging.getLogger('tensorflow').level)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ODP_", "TF_CPP"))}
-    quiet = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                           text=True, cwd=ROOT)
-    loud = subprocess.run([sys.executable, "-c", probe], env={**env, logs.VERBOSE_ENV: "1"},
-                          capture_output=True, text=True, cwd=ROOT)
-    assert quiet.stdout.split() == ["2", "30"]  # C++ INFO and WARNING hidden; Python WARNING
-    assert loud.stdout.split() == ["0", "0"]
-
-
-def test_a_users_own_tf_cpp_level_wins(tmp_path):
-    probe = "import os, pipeline; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ODP_", "TF_CPP"))}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=ROOT)
-    assert result.stdout.strip() == "3"
 
 
 def test_the_odp_console_script_is_the_cli():

@@ -6,6 +6,12 @@ Nothing happens at import time. The ``pipeline`` package calls shim 0 (an enviro
 and the noise filter (0b) when it is imported; call :func:`apply` before importing
 ``object_detection``. Every shim is idempotent, says which upstream problem it works around and
 when to drop it.
+
+Only version drift lives here: code the OD API needs to run at all on the locked stack. What the
+train stage adds to the OD API's training loop (exact step count and final checkpoint, the
+input without tf.data's teardown stall, the per-step callback) is a feature of this product:
+:mod:`pipeline.odapi.training_hooks` (shims 4-6 until issue 15; the other shims keep their
+numbers, which the docs and the stand-in modules quote).
 """
 from __future__ import annotations
 
@@ -13,7 +19,6 @@ import ast
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import math
 import os
 import sys
 import threading
@@ -192,176 +197,6 @@ def provide_pillow_font_getsize() -> None:
     for cls in (ImageFont.FreeTypeFont, ImageFont.ImageFont, ImageFont.TransposedFont):
         if not hasattr(cls, "getsize"):
             cls.getsize = getsize
-
-
-# --- 4. Final checkpoint and exact step count -------------------------------------------------
-# Problem: ``model_lib_v2.train_loop`` saves at step 0 (before the model's variables exist) and
-# then only every ``checkpoint_every_n`` steps, so the last steps are never saved unless
-# num_steps is a multiple of it, and export then fails with "objects not bound to checkpointed
-# values". It also runs steps in blocks of ``NUM_STEPS_PER_ITERATION`` (100) and
-# ``model_main_tf2`` cannot change that, so a num_train_steps that is not a multiple of 100 is
-# overshot (30 steps train 100).
-# Shim: a CheckpointManager that remembers the step it last saved, and a train_loop wrapper
-# that picks a block size dividing num_steps and saves once more after the loop when the final
-# step is not saved yet. Drop when train_loop does both itself.
-# Resuming: train_loop restores the latest checkpoint in model_dir and runs
-# ``range(restored_step, train_steps, block)``; its summaries are recorded only when
-# ``global_step % block == 0``. So the block must divide the restored step as well as
-# train_steps (and checkpoint_every_n, so that checkpoints land on schedule): the wrapper uses
-# the largest divisor <= 10 of their gcd; blocks of at most 10 steps also give the loss curves a
-# point every 10 steps. Each save flushes the event files first, so that a crash never leaves
-# a checkpoint whose curve up to that step is lost (the writer flushes every 120 s otherwise).
-
-
-def save_final_checkpoint_after_train_loop() -> None:
-    """Wrap ``model_lib_v2.train_loop`` so that the final step is always checkpointed."""
-    import tensorflow as tf
-    from object_detection import model_lib_v2
-
-    if getattr(model_lib_v2.train_loop, "_saves_final_step", False):
-        return
-    original_manager = tf.compat.v2.train.CheckpointManager
-    managers: list = []
-
-    class RecordingCheckpointManager(original_manager):
-        last_saved_step = None
-
-        def save(self, *args, **kwargs):
-            # Events first: once a checkpoint is listed, its curve is on disk.
-            tf.compat.v2.summary.flush()
-            path = super().save(*args, **kwargs)
-            self.last_saved_step = _step(self)
-            return path
-
-    def train_loop(*args, **kwargs):
-        without_autotune_model_thread(model_lib_v2.inputs)
-        if kwargs.get("train_steps") and "num_steps_per_iteration" not in kwargs:
-            kwargs["num_steps_per_iteration"] = resume_block_size(
-                kwargs["train_steps"], checkpoint_step(kwargs.get("model_dir")),
-                kwargs.get("checkpoint_every_n", 1000))
-        managers.clear()  # the managers of an earlier train_loop call in this process
-        tf.compat.v2.train.CheckpointManager = RecordingCheckpointManager
-        try:
-            result = original_train_loop(*args, **kwargs)
-        finally:
-            tf.compat.v2.train.CheckpointManager = original_manager
-        for manager in managers or []:
-            if manager.last_saved_step != _step(manager):
-                manager.save()
-        return result
-
-    def _step(manager) -> int:
-        return int(manager.checkpoint.step.value())  # a MirroredVariable under a strategy
-
-    def recording_init(self, *args, **kwargs):
-        original_manager.__init__(self, *args, **kwargs)
-        managers.append(self)
-
-    RecordingCheckpointManager.__init__ = recording_init
-    original_train_loop = model_lib_v2.train_loop
-    train_loop._saves_final_step = True
-    train_loop.od_api_original = original_train_loop
-    model_lib_v2.train_loop = train_loop
-
-
-def od_api_original(function):
-    """The OD API's own function under the wrappers of shims 4-6 (for comparisons with it)."""
-    while hasattr(function, "od_api_original"):
-        function = function.od_api_original
-    return function
-
-
-def steps_per_iteration(num_steps: int, limit: int = 100) -> int:
-    """The largest block size <= ``limit`` that divides ``num_steps`` (1 at worst)."""
-    return max(k for k in range(1, min(limit, num_steps) + 1) if num_steps % k == 0)
-
-
-def resume_block_size(train_steps: int, restored_step: int, checkpoint_every_n: int) -> int:
-    """Steps per ``train_loop`` block when resuming at ``restored_step`` (see above)."""
-    return steps_per_iteration(math.gcd(train_steps, restored_step, checkpoint_every_n), limit=10)
-
-
-def checkpoint_step(model_dir) -> int:
-    """The global step of the latest checkpoint in ``model_dir`` (0 when there is none)."""
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(str(model_dir)) if model_dir else None
-    return int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
-
-
-# --- 5. tf.data teardown stall ----------------------------------------------------------------
-# Problem: when train_loop returns, destroying its input iterator waits for tf.data's autotune
-# model thread, which sleeps up to its 60 s optimisation period: every run longer than about a
-# minute ends with a ~58 s stall (measured here: 300 steps, 58 s between the last checkpoint and
-# train_loop's return). Shim (applied by the train_loop wrapper above): the train input dataset
-# gets ``autotune.enabled = False``; its AUTOTUNE parallelism then defaults to the number of
-# cores. Measured on 2 cores: 0.481 s/step without autotune, 0.473 s/step with it, no stall.
-# Drop when TensorFlow wakes the model thread on cancellation.
-
-
-def without_autotune_model_thread(inputs_module) -> None:
-    """Make ``inputs.train_input`` return its dataset with tf.data autotuning disabled."""
-    import tensorflow as tf
-
-    original = inputs_module.train_input
-    if getattr(original, "_without_autotune", False):
-        return
-
-    def train_input(*args, **kwargs):
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        return original(*args, **kwargs).with_options(options)
-
-    train_input._without_autotune = True
-    train_input.od_api_original = original
-    inputs_module.train_input = train_input
-
-
-# --- 6. Per-step callback -----------------------------------------------------------------------
-# Problem: ``model_lib_v2.train_loop`` has no hook: it logs every 100 steps, and a NaN or Inf loss
-# is trained on (and checkpointed) silently. Shim: wrap the module's ``eager_train_step``, which
-# the loop looks up at trace time, so that the total loss and global step are handed to a Python
-# callback (through ``tf.py_function``, so not on TPU). The loss is checked in the graph after
-# every step; Python is called only every ``every_n`` steps and at once on a NaN or Inf loss, so
-# that the host is not synchronised with the device after every step. The callback may raise to
-# stop training: the error surfaces from ``train_loop`` before the next checkpoint is written.
-# Drop when train_loop accepts callbacks (or a Keras-style training loop replaces it).
-
-_train_step_callback = None
-_callback_every_n = 10
-
-
-def observe_train_steps(callback, every_n: int = 10) -> None:
-    """Call ``callback(step, total_loss)`` with Python numbers after every ``every_n``-th
-    training step, and after any step whose total loss is NaN or infinite."""
-    global _train_step_callback, _callback_every_n
-    import tensorflow as tf
-    from object_detection import model_lib_v2
-
-    _train_step_callback, _callback_every_n = callback, every_n
-    if getattr(model_lib_v2.eager_train_step, "_observed", False):
-        return
-    original = model_lib_v2.eager_train_step
-
-    def notify(step, loss):
-        if _train_step_callback is not None:
-            _train_step_callback(int(step), float(loss))
-        return True
-
-    def eager_train_step(*args, **kwargs):
-        losses = original(*args, **kwargs)
-        # training_step is read before train_loop's assign_add: the step just done is +1.
-        step, loss = kwargs["training_step"] + 1, losses["Loss/total_loss"]
-        wanted = tf.logical_or(tf.equal(step % _callback_every_n, 0),
-                               tf.logical_not(tf.math.is_finite(loss)))
-        done = tf.cond(wanted, lambda: tf.py_function(notify, [step, loss], Tout=tf.bool),
-                       lambda: tf.constant(True))
-        with tf.control_dependencies([done]):
-            return {key: tf.identity(value) for key, value in losses.items()}
-
-    eager_train_step._observed = True
-    eager_train_step.od_api_original = original
-    model_lib_v2.eager_train_step = eager_train_step
 
 
 # --- 7. NumPy aliases removed in 1.24, used by the OD API's Pascal VOC metrics --------------------

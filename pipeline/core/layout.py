@@ -64,6 +64,7 @@ SAVED_MODEL_DIR = "saved_model"
 VERIFICATION_FILE = "verification.json"
 TFLITE_DIR = "tflite"
 TFLITE_META = "tflite.json"
+SAVED_MODEL_GRAPH = "saved_model.pb"  # inside SAVED_MODEL_DIR: its presence marks a SavedModel
 
 # --- inside the reports folder (report) ----------------------------------------------------------
 METRICS_FILE = "metrics.json"
@@ -79,6 +80,7 @@ REPORT_IMAGES_DIR = "images"
 
 # --- predict --------------------------------------------------------------------------------------
 PREDICTIONS_FILE = "detections.json"
+PREDICTIONS_DIR = Path("predictions")  # predict's default --output
 
 # --- MLflow records kept beside the outputs (tracking) -------------------------------------------
 RUN_FILE = "mlflow_run.json"

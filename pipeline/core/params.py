@@ -1,28 +1,30 @@
 """Typed, validated parameters read from ``params.yaml``.
 
 Every stage loads the whole file through :func:`load_params`, so a bad key anywhere stops
-the run before any work is done. Each section is a frozen dataclass; the rules for a field
-(range, choices) live in its ``metadata`` so that the error message can name the key and the
-values it allows. Unknown keys are errors, never ignored.
+the run before any work is done. Each section is a frozen pydantic dataclass
+(:data:`pipeline.core.schema.record`); the rules of a field (type, range, choices) are
+declared beside it, so that the error message names the key, the value and what is allowed.
+Unknown keys are errors, never ignored. Lists of names (shapes, augmentations, TFLite
+precisions, templates) come from the modules that own them.
 """
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
 
 from pipeline.core import layout
 from pipeline.core.errors import ParamsError
 from pipeline.core.layout import PROJECT_ROOT
-from pipeline.core.schema import build_dataclass, read_yaml
-
-
-def _rng(low: float | None = None, high: float | None = None, **extra: Any) -> dict:
-    return {"min": low, "max": high, **extra}
+from pipeline.core.schema import (FiniteFloat, Names, OptionalSha256, members_of, read_yaml,
+                                  record, validate)
+from pipeline.data.shapes import SHAPES
+from pipeline.odapi.augmentations import AUGMENTATIONS, NO_AUGMENTATION
+from pipeline.odapi.tflite_precisions import TFLITE_PRECISIONS
 
 
 def available_models() -> tuple[str, ...]:
@@ -32,51 +34,47 @@ def available_models() -> tuple[str, ...]:
     return zoo.model_names()
 
 
-@dataclass(frozen=True)
+@record
 class SampleParams:
     """The built-in synthetic dataset (stage ``sample``)."""
 
-    num_images: int = field(default=500, metadata=_rng(10, 100_000))
-    image_size: int = field(default=256, metadata=_rng(64, 2048))
-    classes: tuple[str, ...] = ("circle", "square", "triangle")
-    max_objects: int = field(default=6, metadata=_rng(1, 100))
-    val_fraction: float = field(default=0.08, metadata=_rng(0.0, 0.5))
-    test_fraction: float = field(default=0.12, metadata=_rng(0.0, 0.5))
-    seed: int = field(default=0, metadata=_rng(0))
+    num_images: StrictInt = Field(500, ge=10, le=100_000)
+    image_size: StrictInt = Field(256, ge=64, le=2048)
+    classes: Annotated[Names, members_of(SHAPES, "shape")] = ("circle", "square", "triangle")
+    max_objects: StrictInt = Field(6, ge=1, le=100)
+    val_fraction: FiniteFloat = Field(0.08, ge=0.0, le=0.5)
+    test_fraction: FiniteFloat = Field(0.12, ge=0.0, le=0.5)
+    seed: StrictInt = Field(0, ge=0)
 
-    def check(self) -> None:
-        if len(self.classes) < 1 or len(set(self.classes)) != len(self.classes):
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if len(classes) < 1 or len(set(classes)) != len(classes):
             raise ParamsError(
-                f"sample.classes must be a non-empty list of distinct names, got {list(self.classes)}"
-            )
-        unknown = set(self.classes) - set(SHAPES)
-        if unknown:
-            raise ParamsError(
-                f"sample.classes has unknown shape(s) {sorted(unknown)}; allowed: {list(SHAPES)}"
-            )
+                f"sample.classes must be a non-empty list of distinct names, got {list(classes)}")
+        return classes
 
 
-#: Shapes the sample generator can draw (``sample.classes`` picks among them).
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-
-
-@dataclass(frozen=True)
+@record
 class DataParams:
     """Where the dataset to convert lives, in which format, and the conversion policies."""
 
-    format: Literal["voc", "coco"] = "voc"
-    root: str = str(layout.SAMPLE_DIR)
-    coco_annotation_file: str = "_annotations.coco.json"
-    classes: tuple[str, ...] = ()
+    format: Literal["voc", "coco", "yolo"] = "voc"
+    root: StrictStr = str(layout.SAMPLE_DIR)
+    coco_annotation_file: StrictStr = "_annotations.coco.json"
+    classes: Names = ()
     unknown_classes: Literal["skip", "error"] = "skip"
     size_mismatch: Literal["skip", "rescale"] = "skip"
-    val_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
-    test_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
+    val_fraction: FiniteFloat = Field(0.1, ge=0.0, le=0.5)
+    test_fraction: FiniteFloat = Field(0.1, ge=0.0, le=0.5)
 
-    def check(self) -> None:
-        if not self.root.strip():
+    @field_validator("root")
+    @classmethod
+    def _dataset_folder(cls, root: str) -> str:
+        if not root.strip():
             raise ParamsError("data.root must be a non-empty path")
-        _check_dataset_root(self.root)
+        _check_dataset_root(root)
+        return root
 
 
 #: Stages whose outputs are datasets ``data.root`` may name; every other stage's outputs (and
@@ -115,93 +113,108 @@ def _pipeline_outputs() -> tuple[str, ...]:
     )
 
 
-@dataclass(frozen=True)
-class ConvertParams:
-    """The Beam conversion to TFRecords (stage ``convert``)."""
-
-    num_shards: int = field(default=0, metadata=_rng(0, 10_000))
-    runner: str = "DirectRunner"
-    direct_num_workers: int = field(default=0, metadata=_rng(0, 1024))
-    pipeline_args: tuple[str, ...] = ()
-
-    def check(self) -> None:
-        if self.runner not in BEAM_RUNNERS and not _CLASS_PATH.fullmatch(self.runner):
-            raise ParamsError(f"convert.runner must be one of {list(BEAM_RUNNERS)} or a runner "
-                              f"class path 'module.Class', got {self.runner!r}")
-
-
 #: Beam runners ``convert.runner`` may name; any other runner by its class path.
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner",
                 "PrismRunner")
 _CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
-#: Augmentations ``train.augmentations`` can name: OD API preprocessing steps whose defaults
-#: suit any detector (``random_scale_crop_and_pad_to_square`` gets the model's input size).
-AUGMENTATIONS = (
-    "random_horizontal_flip", "random_vertical_flip", "random_rotation90",
-    "random_adjust_brightness", "random_adjust_contrast", "random_adjust_hue",
-    "random_adjust_saturation", "random_distort_color", "random_rgb_to_gray",
-    "random_jpeg_quality", "random_black_patches", "random_image_scale",
-    "random_crop_image", "ssd_random_crop", "random_scale_crop_and_pad_to_square",
-)
+@record
+class ConvertParams:
+    """The Beam conversion to TFRecords (stage ``convert``)."""
+
+    num_shards: StrictInt = Field(0, ge=0, le=10_000)
+    runner: StrictStr = "DirectRunner"
+    direct_num_workers: StrictInt = Field(0, ge=0, le=1024)
+    pipeline_args: Names = ()
+
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, runner: str) -> str:
+        if runner not in BEAM_RUNNERS and not _CLASS_PATH.fullmatch(runner):
+            raise ParamsError(f"convert.runner must be one of {list(BEAM_RUNNERS)} or a runner "
+                              f"class path 'module.Class', got {runner!r}")
+        return runner
 
 
-@dataclass(frozen=True)
+@record
 class ModelParams:
     """Which detector template to train, its input size, checkpoint and post-processing."""
 
-    name: str = "ssd_mobilenet_v2_fpnlite_cpu"
-    image_size: int = field(default=0, metadata=_rng(0, 2048))
-    checkpoint: str = "none"
-    checkpoint_sha256: str = ""
-    checkpoint_url: str = ""
-    score_threshold: float = field(default=1e-8, metadata=_rng(0.0, 1.0))
-    nms_iou_threshold: float = field(default=0.6, metadata=_rng(0.01, 1.0))
-    max_detections: int = field(default=100, metadata=_rng(1, 10_000))
+    name: StrictStr = "ssd_mobilenet_v2_fpnlite_cpu"
+    image_size: StrictInt = Field(0, ge=0, le=2048)
+    checkpoint: StrictStr = "none"
+    checkpoint_sha256: OptionalSha256 = ""
+    checkpoint_url: StrictStr = ""
+    score_threshold: FiniteFloat = Field(1e-8, ge=0.0, le=1.0)
+    nms_iou_threshold: FiniteFloat = Field(0.6, ge=0.01, le=1.0)
+    max_detections: StrictInt = Field(100, ge=1, le=10_000)
 
-    def check(self) -> None:
+    @field_validator("name")
+    @classmethod
+    def _known_template(cls, name: str) -> str:
         choices = available_models()
-        if self.name not in choices:
-            raise ParamsError(f"model.name must be one of {list(choices)}, got {self.name!r}")
-        if 0 < self.image_size < 32:
+        if name not in choices:
+            raise ParamsError(f"model.name must be one of {list(choices)}, got {name!r}")
+        return name
+
+    @field_validator("image_size")
+    @classmethod
+    def _template_or_usable_size(cls, size: int) -> int:
+        if 0 < size < 32:
             raise ParamsError(f"model.image_size must be 0 (the template's) or in [32, 2048], "
-                              f"got {self.image_size}")
-        if not self.checkpoint.strip():
+                              f"got {size}")
+        return size
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_given(cls, checkpoint: str) -> str:
+        if not checkpoint.strip():
             raise ParamsError("model.checkpoint must be 'none', 'zoo' or a path, got ''")
-        if self.checkpoint_sha256 and not _is_sha256(self.checkpoint_sha256):
-            raise ParamsError("model.checkpoint_sha256 must be '' or 64 lowercase hex digits, "
-                              f"got {self.checkpoint_sha256!r}")
+        return checkpoint
+
+    @field_validator("checkpoint_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if url and not url.startswith(("https://", "http://")):
+            raise ParamsError("model.checkpoint_url must be '' or an https:// (or http://) base "
+                              f"URL, got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _pin_needs_checkpoint(self) -> ModelParams:
         if self.checkpoint_sha256 and self.checkpoint == "none":
             raise ParamsError("model.checkpoint_sha256 is set but model.checkpoint is 'none'")
-        if self.checkpoint_url and not self.checkpoint_url.startswith(("https://", "http://")):
-            raise ParamsError("model.checkpoint_url must be '' or an https:// (or http://) base "
-                              f"URL, got {self.checkpoint_url!r}")
+        return self
 
 
-def _is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-@dataclass(frozen=True)
+@record
 class TrainParams:
     """Optimisation settings written into pipeline.config and the training loop."""
 
-    batch_size: int = field(default=16, metadata=_rng(1, 4096))
-    num_steps: int = field(default=800, metadata=_rng(1, 10_000_000))
-    learning_rate: float = field(default=0.0, metadata=_rng(0.0, 10.0))
-    warmup_steps: int = field(default=80, metadata=_rng(0, 10_000_000))
-    freeze_backbone_steps: int = field(default=0, metadata=_rng(-1, 10_000_000))
-    checkpoint_every_n: int = field(default=200, metadata=_rng(1, 10_000_000))
-    max_boxes: int = field(default=50, metadata=_rng(1, 10_000))
-    augmentations: tuple[str, ...] = ()
-    seed: int = field(default=0, metadata=_rng(0, 2**31 - 1))
-    eval_every_n: int = field(default=400, metadata=_rng(0, 10_000_000))
+    batch_size: StrictInt = Field(16, ge=1, le=4096)
+    num_steps: StrictInt = Field(800, ge=1, le=10_000_000)
+    learning_rate: FiniteFloat = Field(0.0, ge=0.0, le=10.0)
+    warmup_steps: StrictInt = Field(80, ge=0, le=10_000_000)
+    freeze_backbone_steps: StrictInt = Field(0, ge=-1, le=10_000_000)
+    checkpoint_every_n: StrictInt = Field(200, ge=1, le=10_000_000)
+    max_boxes: StrictInt = Field(50, ge=1, le=10_000)
+    augmentations: Annotated[Names, members_of((NO_AUGMENTATION, *AUGMENTATIONS))] = ()
+    seed: StrictInt = Field(0, ge=0, le=2**31 - 1)
+    eval_every_n: StrictInt = Field(400, ge=0, le=10_000_000)
     best_metric: Literal["map", "map_50", "map_75", "mar_100", "val_loss"] = "map"
-    num_workers: int = field(default=1, metadata=_rng(1, 10_000))
-    tpu_name: str = ""
+    num_workers: StrictInt = Field(1, ge=1, le=10_000)
+    tpu_name: StrictStr = ""
 
-    def check(self) -> None:
+    @field_validator("augmentations")
+    @classmethod
+    def _none_alone(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if NO_AUGMENTATION in names and len(names) > 1:
+            raise ParamsError("train.augmentations: 'none' cannot be combined with others")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
         if self.num_workers > 1 and self.tpu_name:
             raise ParamsError("train.num_workers > 1 and train.tpu_name are exclusive: "
                               "model_main_tf2 trains either on a TPU or on several workers")
@@ -210,76 +223,73 @@ class TrainParams:
                 f"train.warmup_steps must be smaller than train.num_steps ({self.num_steps}), "
                 f"got {self.warmup_steps}"
             )
-        unknown = sorted(set(self.augmentations) - set(AUGMENTATIONS) - {"none"})
-        if unknown:
-            raise ParamsError(f"train.augmentations has unknown name(s) {unknown}; "
-                              f"allowed: {['none', *AUGMENTATIONS]}")
-        if "none" in self.augmentations and len(self.augmentations) > 1:
-            raise ParamsError("train.augmentations: 'none' cannot be combined with others")
+        return self
 
 
-#: TFLite precisions the export stage can write (``export.tflite``).
-TFLITE_PRECISIONS = ("float32", "float16", "int8")
-
-
-@dataclass(frozen=True)
+@record
 class ExportParams:
     """How the SavedModel takes its input and how the export is checked (stage ``export``)."""
 
     input_type: Literal["image_tensor", "encoded_image_string_tensor", "tf_example"] = (
         "image_tensor"
     )
-    verify_images: int = field(default=4, metadata=_rng(1, 1000))
-    verify_tolerance: float = field(default=1e-3, metadata=_rng(0.0, 1.0))
-    tflite: tuple[str, ...] = ("float32", "float16")
-    tflite_max_detections: int = field(default=100, metadata=_rng(1, 1000))
-    representative_images: int = field(default=50, metadata=_rng(1, 10_000))
+    verify_images: StrictInt = Field(4, ge=1, le=1000)
+    verify_tolerance: FiniteFloat = Field(1e-3, ge=0.0, le=1.0)
+    tflite: Names = ("float32", "float16")
+    tflite_max_detections: StrictInt = Field(100, ge=1, le=1000)
+    representative_images: StrictInt = Field(50, ge=1, le=10_000)
 
-    def check(self) -> None:
-        unknown = [p for p in self.tflite if p not in TFLITE_PRECISIONS]
-        if unknown or len(set(self.tflite)) != len(self.tflite):
+    @field_validator("tflite")
+    @classmethod
+    def _distinct_precisions(cls, precisions: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [p for p in precisions if p not in TFLITE_PRECISIONS]
+        if unknown or len(set(precisions)) != len(precisions):
             raise ParamsError(f"export.tflite must be distinct values among "
-                              f"{list(TFLITE_PRECISIONS)}, got {list(self.tflite)}")
+                              f"{list(TFLITE_PRECISIONS)}, got {list(precisions)}")
+        return precisions
 
 
-@dataclass(frozen=True)
+@record
 class ReportParams:
     """Test-set evaluation (stage ``report``)."""
 
-    warmup_images: int = field(default=2, metadata=_rng(0, 1000))
-    score_threshold: float = field(default=0.5, metadata=_rng(0.0, 1.0))
-    sample_images: int = field(default=6, metadata=_rng(0, 100))
-    worst_images: int = field(default=6, metadata=_rng(0, 100))
-    registered_model: str = "object-detector"
+    warmup_images: StrictInt = Field(2, ge=0, le=1000)
+    score_threshold: FiniteFloat = Field(0.5, ge=0.0, le=1.0)
+    sample_images: StrictInt = Field(6, ge=0, le=100)
+    worst_images: StrictInt = Field(6, ge=0, le=100)
+    registered_model: StrictStr = "object-detector"
 
 
-@dataclass(frozen=True)
+@record
 class MlflowParams:
     """Where runs are recorded. ``MLFLOW_TRACKING_URI`` overrides ``tracking_uri``."""
 
-    experiment: str = "object-detection"
-    tracking_uri: str = "sqlite:///mlflow.db"
-    http_max_retries: int = field(default=2, metadata=_rng(0, 20))
-    http_timeout_s: int = field(default=10, metadata=_rng(1, 600))
+    experiment: StrictStr = "object-detection"
+    tracking_uri: StrictStr = "sqlite:///mlflow.db"
+    http_max_retries: StrictInt = Field(2, ge=0, le=20)
+    http_timeout_s: StrictInt = Field(10, ge=1, le=600)
 
-    def check(self) -> None:
-        if not self.experiment.strip():
-            raise ParamsError(
-                f"mlflow.experiment must be a non-empty name, got {self.experiment!r}")
+    @field_validator("experiment")
+    @classmethod
+    def _named(cls, experiment: str) -> str:
+        if not experiment.strip():
+            raise ParamsError(f"mlflow.experiment must be a non-empty name, got {experiment!r}")
+        return experiment
 
 
-@dataclass(frozen=True)
+@record
 class Params:
-    """All of params.yaml."""
+    """All of params.yaml. Sections are built on demand (``default_factory``): importing this
+    module reads no file (model.name is checked against configs/models.yaml)."""
 
-    sample: SampleParams = SampleParams()
-    data: DataParams = DataParams()
-    convert: ConvertParams = ConvertParams()
-    model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    export: ExportParams = ExportParams()
-    report: ReportParams = ReportParams()
-    mlflow: MlflowParams = MlflowParams()
+    sample: SampleParams = Field(default_factory=SampleParams)
+    data: DataParams = Field(default_factory=DataParams)
+    convert: ConvertParams = Field(default_factory=ConvertParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
 
 
 def load_params(path: str | Path = layout.PARAMS_FILE) -> Params:
@@ -289,6 +299,4 @@ def load_params(path: str | Path = layout.PARAMS_FILE) -> Params:
 
 def params_from_dict(raw: Any) -> Params:
     """Build a validated :class:`Params` from a plain mapping (as parsed from YAML)."""
-    return build_dataclass(Params, raw, prefix="")
-
-
+    return validate(Params, raw)

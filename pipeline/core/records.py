@@ -41,8 +41,9 @@ class ImageRecord:
     refuses paths that leave ``root`` (``..``, absolute paths) instead of following them.
     ``width`` and ``height`` are the declared size (0 = not declared). ``problem`` is set by a
     reader that could not use the annotation (``"reason: detail"``): the image is then skipped
-    and reported with that reason. ``annotation`` is the file that names the image (VOC XML,
-    COCO JSON), for the report.
+    and reported with that reason (a ``suspicious`` reason, e.g. a YOLO image without a label
+    file, is reported and the image kept). ``annotation`` is the file that names the image
+    (VOC XML, COCO JSON, YOLO txt), for the report.
     """
 
     image_id: str

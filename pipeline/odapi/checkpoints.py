@@ -29,10 +29,12 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 import yaml
+from pydantic import Field, StrictInt, StrictStr
 
 from pipeline.core import layout
 from pipeline.core import files
@@ -40,8 +42,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.errors import ParamsError
 from pipeline.core.layout import CONFIGS_DIR
 from pipeline.core.params import ModelParams
-from pipeline.core.schema import build_dataclass, read_yaml
-from pipeline.odapi.templates import SHA256_PATTERN, ModelSpec
+from pipeline.core.schema import Sha256, read_yaml, record, validate
+from pipeline.odapi.templates import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +90,14 @@ def resolve(model: ModelParams, spec: ModelSpec, architecture: Architecture | No
 # --- the lock file (trust on first use) --------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class LockEntry:
     """What the first download of an archive was: its sha256, byte size, URL and UTC date."""
 
-    sha256: str
-    size: int = field(metadata={"min": 1})
-    url: str
-    date: str
-
-    def check(self) -> None:
-        if not SHA256_PATTERN.match(self.sha256):
-            raise ParamsError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+    sha256: Sha256
+    size: Annotated[StrictInt, Field(ge=1)]
+    url: StrictStr
+    date: StrictStr
 
 
 def read_lock(path: Path | None = None) -> dict[str, LockEntry]:
@@ -107,12 +105,12 @@ def read_lock(path: Path | None = None) -> dict[str, LockEntry]:
     path = path or LOCK_FILE
     if not path.is_file():
         return {}
-    redo = f"restore it with git or delete the entry to pin the archive again on its next download"
+    redo = "restore it with git or delete the entry to pin the archive again on its next download"
     try:
         raw = read_yaml(path, "checkpoint lock")
         if not isinstance(raw, dict):
             raise ParamsError("it must map archive names to their sha256, size, url and date")
-        return {str(name): build_dataclass(LockEntry, _dates_as_text(entry), f"{name}.")
+        return {str(name): validate(LockEntry, _dates_as_text(entry), f"{name}.")
                 for name, entry in raw.items()}
     except ParamsError as err:
         raise PipelineError(f"{path} is damaged (edited by hand?): {err}; {redo}") from err

@@ -1,12 +1,15 @@
-"""The one door to an exported OD API SavedModel: load it, feed it, read its detections.
+"""The one runner of exported detectors: load an OD API SavedModel, feed it, read its detections.
 
-Used by export verification, the report, predict, the model registry and the benchmarks.
+Every consumer (export verification, the report, predict, the model registry's pyfunc and the
+benchmarks) runs SavedModels through :class:`Detector`, and TFLite models
+(:class:`pipeline.odapi.tflite.TfliteDetector`) return the same :class:`Detections`.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -21,8 +24,7 @@ DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "n
 
 def decode_example_image(example: bytes) -> np.ndarray:
     """The uint8 [H, W, 3] image of a serialized tf.Example, decoded as the exporter does."""
-    encoded = encoded_image(example)
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+    return _decode(encoded_image(example)).numpy()
 
 
 def encoded_image(example: bytes):
@@ -31,6 +33,38 @@ def encoded_image(example: bytes):
         example, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
     return features["image/encoded"]
 
+
+def _decode(encoded) -> tf.Tensor:
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+# --- the detections -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections, best first: only the valid ones (the model's padding trimmed)."""
+
+    boxes: np.ndarray  # [N, 4] normalised ymin, xmin, ymax, xmax
+    scores: np.ndarray  # [N]
+    classes: np.ndarray  # [N] int64, label-map ids (from 1)
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, Any], class_offset: int = 0) -> Detections:
+        """From the four detection arrays of a batch of one image, padded to ``max_detections``.
+
+        ``class_offset`` is added to the class ids: 0 for an exported model (the exporter
+        already adds 1), 1 for a detection model's own ``postprocess`` (ids from 0).
+        """
+        count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
+        boxes = np.asarray(outputs["detection_boxes"]).reshape(-1, 4)[:count]
+        scores = np.asarray(outputs["detection_scores"]).reshape(-1)[:count]
+        classes = np.rint(np.asarray(outputs["detection_classes"]).reshape(-1)[:count])
+        order = np.argsort(-scores, kind="stable")  # ties keep the model's order
+        return cls(boxes[order], scores[order], (classes[order] + class_offset).astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 # --- the SavedModel ------------------------------------------------------------------------------------
@@ -57,10 +91,15 @@ class Detector:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Detector:
-        """Load ``model_dir/saved_model``; PipelineError if it is missing or unusable."""
-        path = Path(model_dir) / layout.SAVED_MODEL_DIR
-        if not (path / "saved_model.pb").is_file():
-            raise PipelineError(f"no SavedModel at {path} (saved_model.pb missing); "
+        """Load ``model_dir/saved_model`` (an export directory); PipelineError if unusable."""
+        return cls.load_saved_model(Path(model_dir) / layout.SAVED_MODEL_DIR)
+
+    @classmethod
+    def load_saved_model(cls, path: str | Path) -> Detector:
+        """Load the SavedModel directory ``path``; PipelineError if it is missing or unusable."""
+        path = Path(path)
+        if not (path / layout.SAVED_MODEL_GRAPH).is_file():
+            raise PipelineError(f"no SavedModel at {path} ({layout.SAVED_MODEL_GRAPH} missing); "
                                 "run the export stage first")
         try:
             model = tf.saved_model.load(str(path))
@@ -72,20 +111,38 @@ class Detector:
         log.info("loaded %s (input: %s)", path, detector.input_type)
         return detector
 
-    def model_input(self, sample: Any) -> tf.Tensor:
-        """The signature's input for one test sample (decoded outside the timed call)."""
-        if self.input_type == "image_tensor":
-            image = tf.io.decode_image(sample.features["image/encoded"], channels=3,
-                                       expand_animations=False)
-            return image[tf.newaxis]
-        if self.input_type == "tf_example":
-            return tf.constant([sample.serialized])
-        return tf.constant([sample.features["image/encoded"]])
+    def example_input(self, example: bytes, encoded: bytes | None = None) -> tf.Tensor:
+        """The signature's input for one serialized tf.Example (built outside a timed call).
 
-    def __call__(self, inputs: tf.Tensor) -> dict[str, np.ndarray]:
-        """Run the model; outputs as numpy arrays with the batch dimension removed."""
+        ``encoded``: the example's ``image/encoded`` bytes when the caller has parsed them.
+        """
+        if self.input_type == "tf_example":
+            return tf.constant([example])
+        if encoded is None:
+            encoded = encoded_image(example)
+        if self.input_type == "image_tensor":
+            return _decode(encoded)[tf.newaxis]
+        return tf.reshape(tf.convert_to_tensor(encoded), [1])
+
+    def image_input(self, rgb: np.ndarray) -> tf.Tensor:
+        """The signature's input for one uint8 RGB ``[H, W, 3]`` image (PNG-encoded, so
+        losslessly, for models taking encoded images or tf.Examples)."""
+        if self.input_type == "image_tensor":
+            return tf.constant(np.asarray(rgb, np.uint8)[np.newaxis])
+        encoded = tf.io.encode_png(np.asarray(rgb, np.uint8)).numpy()
+        if self.input_type == "encoded_image_string_tensor":
+            return tf.constant([encoded])
+        feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
+        example = tf.train.Example(features=tf.train.Features(feature={"image/encoded": feature}))
+        return tf.constant([example.SerializeToString()])
+
+    def __call__(self, inputs: tf.Tensor) -> Detections:
+        """Run the model on a batch of one; its valid detections, best first."""
         outputs = self._signature(**{self._arg: inputs})
-        return {key: outputs[key].numpy()[0] for key in DETECTION_KEYS}
+        missing = [key for key in DETECTION_KEYS if key not in outputs]
+        if missing:
+            raise PipelineError(f"exported model returned no {missing}; got {sorted(outputs)}")
+        return Detections.from_outputs({key: outputs[key].numpy() for key in DETECTION_KEYS})
 
 
 def _parses_examples(signature: Any) -> bool:

@@ -8,38 +8,42 @@ COCO-trained weights for the same architecture and that archive's pinned sha256.
 from __future__ import annotations
 
 import functools
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
 
 from pipeline.core import layout
 from pipeline.core.errors import ParamsError
 from pipeline.core.layout import CONFIGS_DIR
-from pipeline.core.schema import build_dataclass, read_yaml
+from pipeline.core.schema import FiniteFloat, OptionalSha256, read_yaml, record, validate
 
 MODELS_FILE = CONFIGS_DIR / layout.MODELS_FILE
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
+@record
 class ModelSpec:
-    """One entry of configs/models.yaml (field rules are in the metadata)."""
+    """One entry of configs/models.yaml."""
 
-    description: str
-    reference_batch_size: int = field(metadata={"min": 1, "max": 65536})
-    reference_learning_rate: float = field(metadata={"min": 1e-7, "max": 10.0})
-    zoo_archive: str = ""
-    sha256: str = ""
+    description: StrictStr
+    reference_batch_size: Annotated[StrictInt, Field(ge=1, le=65536)]
+    reference_learning_rate: Annotated[FiniteFloat, Field(ge=1e-7, le=10.0)]
+    zoo_archive: StrictStr = ""
+    sha256: OptionalSha256 = ""
 
-    def check(self) -> None:
-        if self.sha256 and not SHA256_PATTERN.match(self.sha256):
-            raise ParamsError(f"sha256 must be 64 lowercase hex digits or '', got {self.sha256!r}")
+    @field_validator("zoo_archive")
+    @classmethod
+    def _bare_name(cls, archive: str) -> str:
+        if "/" in archive or archive.endswith((".tar.gz", ".tgz")):
+            raise ParamsError(
+                f"zoo_archive is the archive's bare name (no path, no .tar.gz), got {archive!r}")
+        return archive
+
+    @model_validator(mode="after")
+    def _pin_needs_archive(self) -> ModelSpec:
         if self.sha256 and not self.zoo_archive:
             raise ParamsError("sha256 is set but zoo_archive is empty")
-        if "/" in self.zoo_archive or self.zoo_archive.endswith((".tar.gz", ".tgz")):
-            raise ParamsError(
-                f"zoo_archive is the archive's bare name (no path, no .tar.gz), got "
-                f"{self.zoo_archive!r}")
+        return self
 
 
 def load_specs(path: Path = MODELS_FILE) -> dict[str, ModelSpec]:
@@ -55,7 +59,7 @@ def _load_specs_cached(path: Path, _mtime: int) -> tuple[tuple[str, ModelSpec], 
     specs = []
     for name, entry in raw.items():
         try:
-            specs.append((str(name), build_dataclass(ModelSpec, entry, f"{name}.")))
+            specs.append((str(name), validate(ModelSpec, entry, f"{name}.")))
         except ParamsError as err:
             raise ParamsError(f"{path.name}: {err}") from err
         if not template_path(str(name), path.parent).is_file():

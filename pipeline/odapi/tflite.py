@@ -26,6 +26,8 @@ import numpy as np
 from pipeline.core import layout
 from pipeline.core import compat
 from pipeline.core.errors import PipelineError
+from pipeline.core.files import atomic_file, write_json_atomic
+from pipeline.odapi.detector import Detections, decode_example_image
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,13 @@ def export_all(config: Path, checkpoint_dir: Path, data_dir: Path, output: Path,
         representative = None
         if precision == "int8":
             representative = representative_images(data_dir, settings.representative_images, meta)
-        path.write_bytes(convert(graph_dir / layout.SAVED_MODEL_DIR, precision, representative))
+        model = convert(graph_dir / layout.SAVED_MODEL_DIR, precision, representative)
+        with atomic_file(path) as partial:
+            partial.write_bytes(model)
         models[precision] = {"file": path.name, "bytes": path.stat().st_size}
     shutil.rmtree(graph_dir)  # intermediate; the .tflite files are self-contained
     meta["models"] = models
-    (output / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(output / META_FILE, meta)
     return meta
 
 
@@ -151,8 +155,6 @@ def representative_images(data_dir: Path, count: int, meta: dict) -> list[np.nda
     """Up to ``count`` train-split images prepared as int8 calibration inputs."""
     import tensorflow as tf
 
-    from pipeline.odapi.detector import decode_example_image
-
     files = layout.record_files(data_dir, "train")
     if not files:
         raise PipelineError(f"no train records in {data_dir} to calibrate the int8 TFLite model")
@@ -181,10 +183,11 @@ class TfliteDetector:
         return {precision: cls(Path(tflite_dir) / info["file"], meta)
                 for precision, info in meta.get("models", {}).items()}
 
-    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Detections in the exporter's format (batch 1, class ids from 1)."""
+    def __call__(self, image: np.ndarray) -> Detections:
+        """The valid detections on one uint8 ``[H, W, 3]`` image, best first, as the
+        SavedModel's :class:`~pipeline.odapi.detector.Detector` returns them."""
         outputs = self.runner(**{self._input_name(): prepare(image, self.meta)})
-        return outputs_by_meaning(outputs)
+        return Detections.from_outputs(outputs_by_meaning(outputs))
 
     def _input_name(self) -> str:
         return next(iter(self.runner.get_input_details()))

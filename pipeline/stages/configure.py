@@ -1,31 +1,20 @@
 """Stage ``configure``: render ``pipeline.config`` from a template in ``configs/`` and params.
 
-The template is parsed into the OD API's ``TrainEvalPipelineConfig`` and edited field by field
-(never by text substitution); the written file is parsed back as the proof that it is valid.
-What is set: classes and label map (from the convert output), input size, batch size, steps,
-the learning rate scaled linearly with the batch size from the template's reference (see
-configs/models.yaml), warmup, augmentations, box limit (at least the data's busiest image),
-post-processing, the checkpoint to fine-tune from and the TFRecord paths.
+The stage reads its arguments, renders and writes the config (pipeline/odapi/pipeline_config.py
+knows templates and config editing) and records both in MLflow.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from pipeline.core import layout
-from pipeline.odapi import checkpoints
-from pipeline.core import compat, files
+from pipeline.core.params import Params
+from pipeline.odapi import pipeline_config
 from pipeline.tracking import journal as tracking
-from pipeline.odapi import templates as zoo
-from pipeline.core.errors import PipelineError
-from pipeline.core.params import ModelParams, Params, TrainParams
 
 log = logging.getLogger(__name__)
-
-#: Warmup starts from this fraction of the peak learning rate.
-WARMUP_START_FRACTION = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,229 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    config = render(params.model, params.train, args.data)
-    write_config(config, args.output)
-    log.info("wrote %s (%s, %d classes, peak learning rate %g)", args.output,
-             params.model.name, num_classes(config), peak_learning_rate(params.model, params.train))
+    """Render the template for params.model with params.train, write it, record it."""
+    config = pipeline_config.render(params.model, params.train, args.data)
+    pipeline_config.write_config(config, args.output)
+    log.info("wrote %s (%s, %d classes, peak learning rate %g)", args.output, params.model.name,
+             pipeline_config.num_classes(config),
+             pipeline_config.peak_learning_rate(params.model, params.train))
     journal = tracking.stage_journal(params.mlflow, "configure")
     journal.params({**tracking.flatten_params(params, ("model", "train")),
-                    **resolved_values(config, params.model, params.train)})
+                    **pipeline_config.resolved_values(config, params.model, params.train)})
     journal.artifact(args.output)
     tracking.finish(journal)
-
-
-def resolved_values(config, model: ModelParams, train: TrainParams) -> dict:
-    """What the params resolved to in the rendered config (logged next to the params)."""
-    tc = config.train_config
-    return {
-        "resolved.image_size": image_size(config),
-        "resolved.learning_rate": peak_learning_rate(model, train),
-        "resolved.max_number_of_boxes": tc.max_number_of_boxes,
-        "resolved.fine_tune_checkpoint": tc.fine_tune_checkpoint or "none",
-    }
-
-
-def template_path(model_name: str) -> Path:
-    return zoo.template_path(model_name)
-
-
-def load_template(model_name: str):
-    """Parse ``configs/<model_name>.config`` into a ``TrainEvalPipelineConfig``."""
-    compat.apply()
-    from google.protobuf import text_format
-    from object_detection.protos import pipeline_pb2
-
-    config = pipeline_pb2.TrainEvalPipelineConfig()
-    try:
-        text_format.Merge(template_path(model_name).read_text(), config)
-    except text_format.ParseError as err:
-        raise PipelineError(f"template {template_path(model_name)} does not parse: {err}") from err
-    return config
-
-
-def render(model: ModelParams, train: TrainParams, data_dir: Path):
-    """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in."""
-    config = load_template(model.name)
-    label_map = data_dir / layout.LABEL_MAP
-    set_num_classes(config, count_label_map_items(label_map))
-    set_image_size(config, model.image_size or image_size(config))
-    set_training(config, train, max_objects_in_data(data_dir))
-    set_learning_rate(config.train_config.optimizer, train,
-                      peak_learning_rate(model, train))
-    set_augmentations(config, train.augmentations)
-    set_post_processing(config, model)
-    set_fine_tune_checkpoint(config, checkpoints.resolve(
-        model, zoo.spec_for(model.name), checkpoints.architecture_of(config)))
-    set_inputs(config, data_dir, label_map)
-    return config
-
-
-def peak_learning_rate(model: ModelParams, train: TrainParams) -> float:
-    """``train.learning_rate`` (0 = the template's reference) scaled linearly from the
-    template's reference batch size to ``train.batch_size`` (Goyal et al., 2017)."""
-    spec = zoo.spec_for(model.name)
-    base = train.learning_rate or spec.reference_learning_rate
-    return base * train.batch_size / spec.reference_batch_size
-
-
-def count_label_map_items(path: Path) -> int:
-    compat.apply()
-    from pipeline.data import labelmap
-
-    if not path.is_file():
-        raise PipelineError(f"label map not found: {path} (run the convert stage first)")
-    count = len(labelmap.read_label_map(path))  # one-line error when malformed or duplicated
-    if count == 0:
-        raise PipelineError(f"label map {path} has no classes")
-    return count
-
-
-def max_objects_in_data(data_dir: Path) -> int:
-    """Largest number of objects in one image, from the convert stage's data report."""
-    report = data_dir / layout.DATA_REPORT_JSON
-    if not report.is_file():
-        return 0
-    return int(json.loads(report.read_text()).get("max_objects_per_image", 0))
-
-
-def meta_architecture(config):
-    """The model's oneof message (``ssd``, ``faster_rcnn``, ...)."""
-    return getattr(config.model, config.model.WhichOneof("model"))
-
-
-def num_classes(config) -> int:
-    return meta_architecture(config).num_classes
-
-
-def set_num_classes(config, count: int) -> None:
-    meta_architecture(config).num_classes = count
-
-
-def _resizer(config):
-    resizer = meta_architecture(config).image_resizer
-    kind = resizer.WhichOneof("image_resizer_oneof")
-    if kind not in ("fixed_shape_resizer", "keep_aspect_ratio_resizer"):
-        raise PipelineError(f"template's image resizer {kind!r} has no size this stage can set")
-    return kind, getattr(resizer, kind)
-
-
-def image_size(config) -> int:
-    """The (square) model input size of a config."""
-    kind, resizer = _resizer(config)
-    return resizer.height if kind == "fixed_shape_resizer" else resizer.max_dimension
-
-
-def set_image_size(config, size: int) -> None:
-    """Model input size, and the output size of a crop-and-pad augmentation to match it."""
-    kind, resizer = _resizer(config)
-    if kind == "fixed_shape_resizer":
-        resizer.height = resizer.width = size
-    else:
-        resizer.min_dimension = resizer.max_dimension = size
-    for step in config.train_config.data_augmentation_options:
-        if step.WhichOneof("preprocessing_step") == "random_scale_crop_and_pad_to_square":
-            step.random_scale_crop_and_pad_to_square.output_size = size
-
-
-def set_training(config, train: TrainParams, max_objects: int) -> None:
-    """Batch size, steps and box limit."""
-    tc = config.train_config
-    tc.batch_size = train.batch_size
-    tc.num_steps = train.num_steps
-    # Images with more boxes than this are silently truncated by the OD API: never fewer than
-    # the dataset's busiest image.
-    tc.max_number_of_boxes = max(train.max_boxes, max_objects)
-
-
-def set_learning_rate(optimizer, train: TrainParams, peak: float) -> None:
-    """Peak learning rate; a cosine schedule also gets warmup and total steps = num_steps."""
-    kind = optimizer.WhichOneof("optimizer")
-    schedule = getattr(optimizer, kind).learning_rate
-    schedule_kind = schedule.WhichOneof("learning_rate")
-    if schedule_kind == "cosine_decay_learning_rate":
-        cosine = schedule.cosine_decay_learning_rate
-        cosine.learning_rate_base = peak
-        cosine.total_steps = train.num_steps
-        cosine.warmup_steps = train.warmup_steps
-        cosine.warmup_learning_rate = peak * WARMUP_START_FRACTION
-    elif schedule_kind == "constant_learning_rate":
-        schedule.constant_learning_rate.learning_rate = peak
-    else:
-        raise PipelineError(
-            f"template's learning rate schedule {schedule_kind!r} is not supported; "
-            "use cosine_decay_learning_rate or constant_learning_rate"
-        )
-
-
-def set_augmentations(config, names: tuple[str, ...]) -> None:
-    """Replace the template's augmentations: () keeps them, ('none',) removes them all."""
-    if not names:
-        return
-    steps = config.train_config.data_augmentation_options
-    del steps[:]
-    size = image_size(config)
-    for name in names:
-        if name == "none":
-            continue
-        step = getattr(steps.add(), name)
-        step.SetInParent()  # an empty message: the OD API's defaults for this augmentation
-        if name == "random_scale_crop_and_pad_to_square":
-            step.output_size = size
-
-
-def set_post_processing(config, model: ModelParams) -> None:
-    """Score threshold and NMS of the final detections (SSD, or Faster R-CNN's second stage)."""
-    arch = meta_architecture(config)
-    is_two_stage = "second_stage_post_processing" in arch.DESCRIPTOR.fields_by_name
-    post = arch.second_stage_post_processing if is_two_stage else arch.post_processing
-    nms = post.batch_non_max_suppression
-    nms.score_threshold = model.score_threshold
-    nms.iou_threshold = model.nms_iou_threshold
-    nms.max_detections_per_class = model.max_detections
-    nms.max_total_detections = model.max_detections
-
-
-def set_fine_tune_checkpoint(config, prefix: str | None) -> None:
-    """Fine-tune the whole detector from ``prefix``; None trains from scratch."""
-    tc = config.train_config
-    tc.ClearField("fine_tune_checkpoint")
-    tc.ClearField("fine_tune_checkpoint_type")
-    if prefix is None:
-        return
-    from object_detection.protos import train_pb2
-
-    tc.fine_tune_checkpoint = prefix
-    # The zoo's own configs say "classification" (their ImageNet backbones); a zoo *detection*
-    # checkpoint restores the feature extractor and box predictor only as "detection".
-    tc.fine_tune_checkpoint_type = "detection"
-    tc.fine_tune_checkpoint_version = train_pb2.CheckpointVersion.V2
-
-
-def set_inputs(config, data_dir: Path, label_map: Path) -> None:
-    """Point the train reader at the train shards and the eval reader at the val shards."""
-    readers = [("train", config.train_input_reader)]
-    readers += [("val", reader) for reader in config.eval_input_reader]
-    for split, reader in readers:
-        reader.label_map_path = str(label_map)
-        paths = reader.tf_record_input_reader.input_path
-        del paths[:]
-        paths.append(str(data_dir / layout.shard_pattern(split)))
-
-
-def _serialize(config) -> str:
-    from google.protobuf import text_format
-
-    return text_format.MessageToString(config)
-
-
-def write_config(config, path: Path) -> None:
-    """Write the config as text, then parse it back as the OD API does (validation)."""
-    compat.apply()
-    from object_detection.utils import config_util
-
-    with files.atomic_file(path) as temporary:
-        temporary.write_text(_serialize(config))
-        try:
-            config_util.get_configs_from_pipeline_file(str(temporary))
-        except Exception as err:  # any parse failure means the rendered file is unusable
-            raise PipelineError(f"rendered pipeline.config does not parse: {err}") from err

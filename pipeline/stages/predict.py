@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from pipeline.data import images
 from pipeline.core import files
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
+
+if TYPE_CHECKING:  # loaded in run(): a bad argument is refused before TensorFlow loads
+    from pipeline.odapi.detector import Detections
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="export directory (containing saved_model/)")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                         help="image files, video files or folders")
-    parser.add_argument("--output", type=Path, default=Path("predictions"),
+    parser.add_argument("--output", type=Path, default=layout.PREDICTIONS_DIR,
                         help="folder for annotated files and detections.json "
                              "(default: predictions)")
     parser.add_argument("--score-threshold", type=_unit_float, default=0.5,
@@ -90,7 +93,8 @@ def read_class_names(model_dir: Path) -> dict[int, str]:
 
 
 class Predictor:
-    """An exported detector plus the filtering and naming of its detections."""
+    """An exported detector (:class:`pipeline.odapi.detector.Detector`) plus the filtering and
+    naming of its detections."""
 
     def __init__(self, detector: Any, names: dict[int, str], score_threshold: float,
                  max_detections: int):
@@ -99,35 +103,19 @@ class Predictor:
 
     def detect(self, rgb: np.ndarray) -> list[dict]:
         """Detections on one RGB uint8 image, best first."""
-        outputs = self.detector(self._model_input(rgb))
-        count = int(outputs["num_detections"])
-        scores = outputs["detection_scores"][:count]
-        keep = np.flatnonzero(scores >= self.score_threshold)[: self.max_detections]
+        detections = self.detector(self.detector.image_input(rgb))
+        keep = np.flatnonzero(detections.scores >= self.score_threshold)[: self.max_detections]
         height, width = rgb.shape[:2]
-        return [self._detection(outputs, k, width, height) for k in keep]
+        return [self._detection(detections, k, width, height) for k in keep]
 
-    def _detection(self, outputs: dict, k: int, width: int, height: int) -> dict:
-        ymin, xmin, ymax, xmax = (float(v) for v in outputs["detection_boxes"][k])
-        class_id = int(round(float(outputs["detection_classes"][k])))
+    def _detection(self, detections: Detections, k: int, width: int, height: int) -> dict:
+        ymin, xmin, ymax, xmax = (float(v) for v in detections.boxes[k])
+        class_id = int(detections.classes[k])
         return {"class_id": class_id, "class": self.names.get(class_id, str(class_id)),
-                "score": float(outputs["detection_scores"][k]),
+                "score": float(detections.scores[k]),
                 "box": [ymin, xmin, ymax, xmax],
                 "box_pixels": [xmin * width, ymin * height, (xmax - xmin) * width,
                                (ymax - ymin) * height]}
-
-    def _model_input(self, rgb: np.ndarray):
-        import cv2
-        import tensorflow as tf
-
-        if self.detector.input_type == "image_tensor":
-            return tf.constant(rgb[np.newaxis])
-        encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
-        if self.detector.input_type == "encoded_image_string_tensor":
-            return tf.constant([encoded])
-        encoded_feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
-        example = tf.train.Example(
-            features=tf.train.Features(feature={"image/encoded": encoded_feature}))
-        return tf.constant([example.SerializeToString()])
 
     def annotate(self, rgb: np.ndarray, detections: list[dict]) -> np.ndarray:
         """The image with its detections drawn."""

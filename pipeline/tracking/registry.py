@@ -1,10 +1,11 @@
 """MLflow model registry: each reported model becomes a new version; ``champion`` follows the best.
 
-The export directory is logged as an MLflow pyfunc (:class:`SavedModelDetector` wrapping
-``saved_model/``) in the report's run and registered under ``report.registered_model``. The
-version is tagged with its test ``map`` and the hash of the test split's content
-(:func:`split_hash`). The report journals the registration (:func:`record_registration`); it
-happens when the journal is sent, or later through ``sync-mlflow`` if the server was down.
+The export directory is logged as an MLflow pyfunc (the code of :mod:`pipeline.odapi.serving`,
+running ``saved_model/`` through :class:`pipeline.odapi.detector.Detector`) in the report's run
+and registered under ``report.registered_model``. The version is tagged with its test ``map`` and
+the hash of the test split's content (:func:`split_hash`). The report journals the
+registration (:func:`record_registration`); it happens when the journal is sent, or later
+through ``sync-mlflow`` if the server was down.
 The alias ``champion`` moves to the new version only when there is no champion yet, or the
 champion was scored on the same test split (same hash) and the new ``map`` is strictly higher;
 scores on different test splits are not comparable, so the alias then stays where it is.
@@ -12,6 +13,7 @@ scores on different test splits are not comparable, so the alias then stays wher
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 from importlib import metadata
 from pathlib import Path
@@ -23,11 +25,6 @@ from pipeline.core.params import MlflowParams
 
 if TYPE_CHECKING:  # the journal imports this module when it replays a registration
     from pipeline.tracking.journal import RunJournal
-
-try:  # MLflow is a dependency of the project; the class must be importable to load models
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +38,12 @@ MAP_TAG = "test_map"
 SPLIT_TAG = "test_split_sha256"
 
 
-class SavedModelDetector(PythonModel):
-    """pyfunc: uint8 images ``[N, H, W, 3]`` in, the exporter's detection arrays out."""
-
-    def load_context(self, context) -> None:
-        import tensorflow as tf
-
-        self._model = tf.saved_model.load(context.artifacts["saved_model"])
-
-    def predict(self, context, model_input, params=None):  # no hints: MLflow would
-        # treat them as an input schema to validate against
-        import numpy as np
-        import tensorflow as tf
-
-        detect = self._model.signatures["serving_default"]
-        outputs = [detect(input_tensor=tf.constant(np.asarray(image, np.uint8)[None]))
-                   for image in model_input]
-        return {key: np.concatenate([o[key].numpy() for o in outputs])
-                for key in ("detection_boxes", "detection_scores", "detection_classes",
-                            "num_detections")}
+def serving_code() -> str:
+    """The file logged as the model's code: :mod:`pipeline.odapi.serving`, the pyfunc that runs
+    the SavedModel through the project's one detector runner."""
+    # Found, not imported: the journal (which every stage records through) imports this module,
+    # and the runner belongs to the export and report side, not to every stage's dependencies.
+    return importlib.util.find_spec("pipeline.odapi.serving").origin
 
 
 def serving_requirements() -> list[str]:
@@ -114,10 +98,10 @@ def record_registration(journal: RunJournal, name: str, model_dir: Path,
     It is done when the journal is sent (:func:`replay`), so a tracking server that is down
     delays it to ``sync-mlflow`` instead of losing it.
     """
-    saved_model = Path(model_dir).resolve() / layout.SAVED_MODEL_DIR
+    graph = Path(model_dir).resolve() / layout.SAVED_MODEL_DIR / layout.SAVED_MODEL_GRAPH
     journal.register({"name": name, "model_dir": str(Path(model_dir).resolve()),
                       "map": metrics["map"], "test_split": test_split,
-                      "saved_model_sha256": tracking.file_sha256(saved_model / "saved_model.pb")})
+                      "saved_model_sha256": tracking.file_sha256(graph)})
 
 
 def replay(settings: MlflowParams, run_id: str, record: dict) -> dict | None:
@@ -126,7 +110,7 @@ def replay(settings: MlflowParams, run_id: str, record: dict) -> dict | None:
     Skipped with a warning when the exported model changed since it was reported.
     """
     model_dir = Path(record["model_dir"])
-    graph = model_dir / layout.SAVED_MODEL_DIR / "saved_model.pb"
+    graph = model_dir / layout.SAVED_MODEL_DIR / layout.SAVED_MODEL_GRAPH
     if not graph.is_file() or tracking.file_sha256(graph) != record["saved_model_sha256"]:
         log.warning("not registered as %s: the model reported in run %s is no longer at %s "
                     "(exported again since?)", record["name"], run_id, model_dir)
@@ -143,8 +127,8 @@ def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: P
     """
     with tracking.start_run(settings, "register", run_id=run_id) as mlflow:
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=SavedModelDetector(),
-            artifacts={"saved_model": str(Path(model_dir) / layout.SAVED_MODEL_DIR)},
+            name="model", python_model=serving_code(),
+            artifacts={layout.SAVED_MODEL_DIR: str(Path(model_dir) / layout.SAVED_MODEL_DIR)},
             pip_requirements=serving_requirements(), registered_model_name=name)
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

@@ -1,23 +1,18 @@
 """benchmarks/models.py's stage-vs-bare comparison: its bare side really is the OD API's own
-loop (none of the stage's shims 4-6 left around it), and its rates count the right blocks."""
+loop (none of the stage's training hooks left around it), and its rates count the right blocks."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.paths import ROOT
+from tests.paths import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_models",
-                                                  ROOT / "benchmarks" / "models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/models.py")
 
 
 @pytest.fixture
@@ -35,13 +30,13 @@ def model_lib_v2(bench):
 
 def test_the_bare_side_runs_the_od_api_functions_without_the_stage_wrappers(bench,
                                                                              model_lib_v2):
-    from pipeline.core import compat
+    from pipeline.odapi import training_hooks
 
-    compat.save_final_checkpoint_after_train_loop()
-    compat.observe_train_steps(lambda step, loss: None)
-    compat.without_autotune_model_thread(model_lib_v2.inputs)
+    training_hooks.save_final_checkpoint_after_train_loop()
+    training_hooks.observe_train_steps(lambda step, loss: None)
+    training_hooks.without_autotune_model_thread(model_lib_v2.inputs)
     wrapped = bench.od_api_training_functions(model_lib_v2)
-    originals = {name: compat.od_api_original(f) for name, f in wrapped.items()}
+    originals = {name: training_hooks.od_api_original(f) for name, f in wrapped.items()}
 
     for name, function in originals.items():
         assert function is not wrapped[name], name

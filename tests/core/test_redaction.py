@@ -99,7 +99,7 @@ def test_planted_secrets_appear_in_no_log_journal_mlflow_record_or_output(
 def test_pipeline_args_take_secrets_from_the_environment(monkeypatch):
     from apache_beam.options.pipeline_options import S3Options
 
-    from pipeline.stages.convert import pipeline_options
+    from pipeline.data.conversion import pipeline_options
     from pipeline.core.params import ConvertParams
 
     monkeypatch.setenv("MY_S3_SECRET", "from-env")

@@ -3,28 +3,18 @@ step on CPU (forward, loss, gradients, update) on a tiny input; a zoo-style dete
 checkpoint served over HTTP is restored by a model built from the rendered config."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.odapi import checkpoints
+from pipeline.odapi import checkpoints, pipeline_config
 from pipeline.core import compat
-from pipeline.stages import configure
 from pipeline.core.params import ModelParams, TrainParams
+from tests.odapi.template_cases import TEMPLATES, tiny_data, tiny_size
 
 pytestmark = pytest.mark.slow
 
-#: Smallest input each architecture accepts that keeps the step cheap (EfficientDet's BiFPN
-#: needs more than 128 px).
-TINY_SIZE = {
-    "ssd_mobilenet_v2_fpnlite_cpu": 128,
-    "ssd_mobilenet_v2_fpnlite_320": 128,
-    "ssd_mobilenet_v2_320": 128,
-    "efficientdet_d0": 256,
-    "faster_rcnn_resnet50_640": 64,
-}
 NUM_CLASSES = 2
 #: Variables the OD API builds but never uses: the batch norm after EfficientNet's last
 #: block (its classification head); the BiFPN takes earlier block outputs.
@@ -34,10 +24,7 @@ UNUSED_VARIABLES = {"top_bn/gamma:0", "top_bn/beta:0"}
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     compat.apply()  # before any object_detection import
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "label_map.pbtxt").write_text("item { id: 1 name: 'a' }\nitem { id: 2 name: 'b' }\n")
-    (folder / "data_report.json").write_text(json.dumps({"max_objects_per_image": 3}))
-    return folder
+    return tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def render_and_parse(name: str, data_dir: Path, tmp_path: Path, **model_params) -> dict:
@@ -45,9 +32,11 @@ def render_and_parse(name: str, data_dir: Path, tmp_path: Path, **model_params) 
     compat.apply()
     from object_detection.utils import config_util
 
-    model = ModelParams(name=name, image_size=TINY_SIZE[name], **model_params)
+    model = ModelParams(name=name, image_size=tiny_size(pipeline_config.load_template(name)),
+                        **model_params)
     path = tmp_path / f"{name}.config"
-    configure.write_config(configure.render(model, TrainParams(batch_size=1), data_dir), path)
+    pipeline_config.write_config(pipeline_config.render(model, TrainParams(batch_size=1),
+                                                        data_dir), path)
     return config_util.get_configs_from_pipeline_file(str(path))
 
 
@@ -84,14 +73,14 @@ def train_one_step(model, configs, size: int) -> float:
     return float(total)
 
 
-@pytest.mark.parametrize("name", sorted(TINY_SIZE))
+@pytest.mark.parametrize("name", TEMPLATES)
 def test_template_builds_and_trains_one_step_on_cpu(name, data_dir, tmp_path):
     from object_detection.builders import model_builder
 
     configs = render_and_parse(name, data_dir, tmp_path)
     model = model_builder.build(configs["model"], is_training=True)
     assert model.num_classes == NUM_CLASSES
-    loss = train_one_step(model, configs, TINY_SIZE[name])
+    loss = train_one_step(model, configs, tiny_size(pipeline_config.load_template(name)))
     assert np.isfinite(loss) and loss > 0
 
 
@@ -107,7 +96,8 @@ def test_a_zoo_detection_checkpoint_is_restored_by_the_rendered_model(data_dir, 
     archive_name = "ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8"
     configs = render_and_parse(name, data_dir, tmp_path)
     trained = model_builder.build(configs["model"], is_training=True)
-    train_one_step(trained, configs, TINY_SIZE[name])
+    size = tiny_size(pipeline_config.load_template(name))
+    train_one_step(trained, configs, size)
     zoo_dir = tmp_path / "served" / "models"
     saved = tf.train.Checkpoint(model=trained)
     saved.save_counter  # created on first access; zoo checkpoints (CheckpointManager) have it
@@ -127,7 +117,7 @@ def test_a_zoo_detection_checkpoint_is_restored_by_the_rendered_model(data_dir, 
     assert tc.fine_tune_checkpoint.startswith(str(tmp_path / "cache" / "checkpoints"))
 
     fresh = model_builder.build(configs["model"], is_training=True)
-    train_one_step(fresh, configs, TINY_SIZE[name])  # builds the variables, moves them away
+    train_one_step(fresh, configs, size)  # builds the variables, moves them away
     restore_map = fresh.restore_from_objects(fine_tune_checkpoint_type="detection")
     tf.train.Checkpoint(**restore_map).restore(
         tc.fine_tune_checkpoint).expect_partial().assert_existing_objects_matched()

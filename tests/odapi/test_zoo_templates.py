@@ -4,44 +4,31 @@ archive laid out as the real zoo's (``<name>/checkpoint/ckpt-0.*``, ``<name>/pip
 pins it (lock written), a second run uses the cache, a changed archive is refused, and the
 rendered config's checkpoint restores into a freshly built model as the OD API fine-tunes.
 
-The templates are read from configs/models.yaml: a new template is tested without editing this.
+The templates are read from configs/models.yaml (tests/odapi/template_cases.py): a new template
+is tested without editing this.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.odapi import checkpoints
+from pipeline.odapi import checkpoints, pipeline_config
 from pipeline.core import compat
-from pipeline.stages import configure
 from pipeline.odapi import templates as zoo
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ModelParams, TrainParams
+from tests.odapi.template_cases import ZOO_TEMPLATES, tiny_data, tiny_size
 
 pytestmark = pytest.mark.slow
-
-ZOO_TEMPLATES = sorted(name for name, spec in zoo.load_specs().items() if spec.zoo_archive)
-
-
-def tiny_size(config) -> int:
-    """Smallest cheap input: 128 px; a BiFPN needs 2**max_level (EfficientDet: 256 at level 7)."""
-    extractor = configure.meta_architecture(config).feature_extractor
-    if "bifpn" in extractor.DESCRIPTOR.fields_by_name and extractor.HasField("bifpn"):
-        return max(128, 2 ** (extractor.bifpn.max_level + 1))
-    return 128
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     compat.apply()
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "label_map.pbtxt").write_text("item { id: 1 name: 'a' }\nitem { id: 2 name: 'b' }\n")
-    (folder / "data_report.json").write_text(json.dumps({"max_objects_per_image": 3}))
-    return folder
+    return tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def build_model(config):
@@ -50,7 +37,7 @@ def build_model(config):
     from object_detection.builders import model_builder
 
     model = model_builder.build(config.model, is_training=True)
-    size = configure.image_size(config)
+    size = pipeline_config.image_size(config)
     images, shapes = model.preprocess(tf.random.uniform((1, size, size, 3), 0.0, 255.0, seed=1))
     model.provide_groundtruth(  # Faster R-CNN samples its proposals against them in training
         groundtruth_boxes_list=[tf.constant([[0.1, 0.1, 0.5, 0.6]])],
@@ -68,7 +55,7 @@ def zoo_folder(config, name: str, where: Path):
     saved = tf.train.Checkpoint(model=model)
     saved.save_counter  # created on first access, as in the zoo's CheckpointManager checkpoints
     saved.write(str(root / "checkpoint" / "ckpt-0"))
-    (root / "pipeline.config").write_text(configure._serialize(config))
+    (root / "pipeline.config").write_text(pipeline_config.serialize(config))
     module = tf.Module()
     module.v = tf.Variable(1.0)
     tf.saved_model.save(module, str(root / "saved_model"))
@@ -77,7 +64,7 @@ def zoo_folder(config, name: str, where: Path):
 
 def render(name: str, data_dir: Path, size: int, **model_params):
     model = ModelParams(name=name, image_size=size, **model_params)
-    return configure.render(model, TrainParams(batch_size=1), data_dir)
+    return pipeline_config.render(model, TrainParams(batch_size=1), data_dir)
 
 
 @pytest.mark.parametrize("name", ZOO_TEMPLATES)
@@ -86,7 +73,7 @@ def test_zoo_checkpoint_of_each_template_is_pinned_cached_refused_when_changed_a
     from tests.odapi.test_checkpoints import Server, leftovers, make_archive
 
     spec = zoo.spec_for(name)
-    size = tiny_size(configure.load_template(name))
+    size = tiny_size(pipeline_config.load_template(name))
     scratch = render(name, data_dir, size)
     original, folder = zoo_folder(scratch, spec.zoo_archive, tmp_path / "built")
     served = tmp_path / "served" / "models"

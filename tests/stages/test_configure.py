@@ -1,196 +1,23 @@
-"""configure renders pipeline.config by editing the parsed TrainEvalPipelineConfig."""
-import json
-from pathlib import Path
+"""The configure stage renders pipeline.config and records it with what params resolved to."""
+import argparse
 
 import pytest
 
-from pipeline.core import compat
+from pipeline.core.params import MlflowParams, ModelParams, Params, TrainParams
 from pipeline.stages import configure
-from pipeline.odapi import templates as zoo
-from pipeline.core.errors import PipelineError
-from pipeline.core.params import ModelParams, TrainParams, available_models
+from tests.odapi.test_pipeline_config import write_convert_output
 
 
-@pytest.fixture
-def data_dir(tmp_path) -> Path:
-    (tmp_path / "label_map.pbtxt").write_text(
-        "item { id: 1 name: 'a' }\nitem { id: 2 name: 'b' }\nitem { id: 3 name: 'c' }\n"
-        "item { id: 4 name: 'd' }\n")
-    (tmp_path / "data_report.json").write_text(json.dumps({"max_objects_per_image": 77}))
-    return tmp_path
-
-
-def render_to_file(data_dir: Path, model=ModelParams(), train=TrainParams()) -> dict:
-    compat.apply()
-    from object_detection.utils import config_util
-
-    path = data_dir / "out" / "pipeline.config"
-    configure.write_config(configure.render(model, train, data_dir), path)
-    return config_util.get_configs_from_pipeline_file(str(path))
-
-
-@pytest.mark.parametrize("name", available_models())
-def test_every_template_parses(name):
-    assert configure.load_template(name).model.WhichOneof("model")
-
-
-def test_the_shipped_templates_and_models_yaml_match_one_to_one():
-    on_disk = {p.stem for p in zoo.CONFIGS_DIR.glob("*.config")}
-    assert set(available_models()) == on_disk == {
-        "ssd_mobilenet_v2_fpnlite_cpu", "ssd_mobilenet_v2_fpnlite_320", "ssd_mobilenet_v2_320",
-        "efficientdet_d0", "faster_rcnn_resnet50_640"}
-
-
-@pytest.mark.parametrize("name", available_models())
-def test_each_template_states_the_reference_that_models_yaml_records(name):
-    """The template's own batch size and peak LR are the reference the LR is scaled from."""
-    spec, tc = zoo.spec_for(name), configure.load_template(name).train_config
-    cosine = tc.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
-    assert tc.batch_size == spec.reference_batch_size
-    assert cosine.learning_rate_base == pytest.approx(spec.reference_learning_rate)
-    assert "Reference: batch_size" in zoo.template_path(name).read_text()
-
-
-def test_rendered_config_carries_the_params_and_the_data(data_dir):
-    train = TrainParams(batch_size=4, num_steps=300, learning_rate=0.08, warmup_steps=30,
-                        max_boxes=10)
-    configs = render_to_file(data_dir, ModelParams(image_size=192), train)
-    ssd = configs["model"].ssd
-    assert ssd.num_classes == 4
-    assert (ssd.image_resizer.fixed_shape_resizer.height,
-            ssd.image_resizer.fixed_shape_resizer.width) == (192, 192)
-    tc = configs["train_config"]
-    assert (tc.batch_size, tc.num_steps) == (4, 300)
-    assert tc.max_number_of_boxes == 77  # the data's busiest image wins over max_boxes=10
-    cosine = tc.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
-    # 0.08 at the template's reference batch 16 -> 0.02 at batch 4
-    assert (cosine.learning_rate_base, cosine.total_steps, cosine.warmup_steps) == (
-        pytest.approx(0.02), 300, 30)
-    assert cosine.warmup_learning_rate == pytest.approx(0.002)
-    assert not tc.fine_tune_checkpoint  # model.checkpoint: none
-    assert list(configs["train_input_config"].tf_record_input_reader.input_path) == [
-        str(data_dir / "train.tfrecord-*")]
-    assert list(configs["eval_input_configs"][0].tf_record_input_reader.input_path) == [
-        str(data_dir / "val.tfrecord-*")]
-    assert configs["train_input_config"].label_map_path == str(data_dir / "label_map.pbtxt")
-
-
-def test_missing_label_map_is_a_clear_error(tmp_path):
-    with pytest.raises(PipelineError, match="label map not found: .*run the convert stage"):
-        configure.render(ModelParams(), TrainParams(), tmp_path)
-
-
-def test_a_config_that_does_not_parse_back_is_not_written(data_dir, monkeypatch):
-    config = configure.render(ModelParams(), TrainParams(), data_dir)
-    monkeypatch.setattr(configure, "_serialize", lambda c: "model { ssd { no_such_field: 1 } }")
-    target = data_dir / "bad" / "pipeline.config"
-    with pytest.raises(PipelineError, match="does not parse"):
-        configure.write_config(config, target)
-    assert not target.exists() and not list(target.parent.iterdir())
-
-
-def cosine_of(config):
-    return config.train_config.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
-
-
-def test_the_default_model_keeps_its_learning_rate(data_dir):
-    """Shipped defaults: 0.08 peak at batch 16, warmup from 0.008 over 80 of 800 steps."""
-    config = configure.render(ModelParams(), TrainParams(), data_dir)
-    cosine = cosine_of(config)
-    assert config.train_config.batch_size == 16
-    assert (cosine.learning_rate_base, cosine.warmup_learning_rate) == (
-        pytest.approx(0.08), pytest.approx(0.008))
-    assert (cosine.warmup_steps, cosine.total_steps, config.train_config.num_steps) == (80, 800, 800)
-
-
-@pytest.mark.parametrize("name, batch, learning_rate, expected", [
-    ("efficientdet_d0", 16, 0.0, 0.08 * 16 / 128),
-    ("efficientdet_d0", 256, 0.0, 0.16),
-    ("faster_rcnn_resnet50_640", 8, 0.0, 0.04 * 8 / 64),
-    ("ssd_mobilenet_v2_320", 32, 0.0, 0.08 * 32 / 512),
-    ("ssd_mobilenet_v2_fpnlite_320", 64, 0.2, 0.2 * 64 / 128),
-])
-def test_learning_rate_scales_linearly_from_the_template_reference(data_dir, name, batch,
-                                                                   learning_rate, expected):
-    train = TrainParams(batch_size=batch, learning_rate=learning_rate)
-    cosine = cosine_of(configure.render(ModelParams(name=name), train, data_dir))
-    assert cosine.learning_rate_base == pytest.approx(expected)
-    assert cosine.warmup_learning_rate == pytest.approx(expected * 0.1)
-
-
-@pytest.mark.parametrize("name, size", [
-    ("ssd_mobilenet_v2_fpnlite_cpu", 256), ("ssd_mobilenet_v2_fpnlite_320", 320),
-    ("ssd_mobilenet_v2_320", 300), ("efficientdet_d0", 512), ("faster_rcnn_resnet50_640", 640)])
-def test_image_size_zero_keeps_the_template_size(data_dir, name, size):
-    assert configure.image_size(configure.render(ModelParams(name=name), TrainParams(),
-                                                 data_dir)) == size
-
-
-def test_image_size_reaches_keep_aspect_resizers_and_the_crop_augmentation(data_dir):
-    config = configure.render(ModelParams(name="efficientdet_d0", image_size=384), TrainParams(),
-                              data_dir)
-    resizer = config.model.ssd.image_resizer.keep_aspect_ratio_resizer
-    assert (resizer.min_dimension, resizer.max_dimension) == (384, 384)
-    crops = [s.random_scale_crop_and_pad_to_square for s in
-             config.train_config.data_augmentation_options if s.HasField(
-                 "random_scale_crop_and_pad_to_square")]
-    assert [c.output_size for c in crops] == [384]
-
-
-def augmentation_names(config) -> list[str]:
-    return [s.WhichOneof("preprocessing_step")
-            for s in config.train_config.data_augmentation_options]
-
-
-def test_augmentations_keep_replace_or_remove(data_dir):
-    def render(names):
-        return configure.render(ModelParams(name="ssd_mobilenet_v2_320", image_size=320),
-                                TrainParams(augmentations=names), data_dir)
-
-    assert augmentation_names(render(())) == ["random_horizontal_flip", "ssd_random_crop"]
-    assert augmentation_names(render(("none",))) == []
-    replaced = render(("random_adjust_brightness", "random_scale_crop_and_pad_to_square"))
-    assert augmentation_names(replaced) == ["random_adjust_brightness",
-                                            "random_scale_crop_and_pad_to_square"]
-    assert replaced.train_config.data_augmentation_options[1].random_scale_crop_and_pad_to_square \
-        .output_size == 320
-
-
-@pytest.mark.parametrize("name", ["ssd_mobilenet_v2_fpnlite_cpu", "faster_rcnn_resnet50_640"])
-def test_score_threshold_and_nms_reach_the_final_post_processing(data_dir, name):
-    model = ModelParams(name=name, score_threshold=0.3, nms_iou_threshold=0.45, max_detections=7)
-    config = configure.render(model, TrainParams(), data_dir)
-    arch = configure.meta_architecture(config)
-    post = arch.second_stage_post_processing if name.startswith("faster") else arch.post_processing
-    nms = post.batch_non_max_suppression
-    assert (nms.score_threshold, nms.iou_threshold) == (pytest.approx(0.3), pytest.approx(0.45))
-    assert (nms.max_detections_per_class, nms.max_total_detections) == (7, 7)
-
-
-def test_a_local_checkpoint_is_fine_tuned_as_a_detection_checkpoint(data_dir, tmp_path):
-    prefix = tmp_path / "ckpt" / "ckpt-0"
-    prefix.parent.mkdir()
-    Path(f"{prefix}.index").write_bytes(b"")
-    configs = render_to_file(data_dir, ModelParams(name="efficientdet_d0",
-                                                   checkpoint=str(prefix)))
-    tc = configs["train_config"]
-    assert tc.fine_tune_checkpoint == str(prefix.resolve())
-    assert tc.fine_tune_checkpoint_type == "detection"  # not the zoo configs' "classification"
-
-
-def test_configure_logs_the_rendered_config_and_resolved_values(data_dir, tmp_path, monkeypatch):
+def test_configure_logs_the_rendered_config_and_resolved_values(tmp_path, monkeypatch):
     """The configure stage's own MLflow run holds pipeline.config and the resolved LR."""
-    import argparse
-
     from mlflow.tracking import MlflowClient
-
-    from pipeline.core.params import MlflowParams, Params
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = Params(model=ModelParams(name="efficientdet_d0"), train=TrainParams(batch_size=4),
                     mlflow=MlflowParams(tracking_uri=uri))
     output = tmp_path / "models" / "pipeline.config"
+    data_dir = write_convert_output(tmp_path / "data")
     configure.run(argparse.Namespace(data=data_dir, output=output), params)
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("object-detection").experiment_id])[0]

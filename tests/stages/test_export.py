@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.odapi import detector
-from pipeline.stages import export
+from pipeline.odapi import export
 from pipeline.odapi import tflite
 from pipeline.core.errors import PipelineError
 from tests.trained_model import trained_project
@@ -69,13 +69,12 @@ def test_export_is_verified_against_its_checkpoint(project):
 def test_verification_fails_on_a_mismatched_checkpoint(project, tmp_path):
     other = _perturbed_checkpoint(project, tmp_path / "other")
     examples = export.test_examples(project / "data/tfrecords", 2)
-    saved_model = project / "models/exported/saved_model"
+    exported = project / "models/exported"
     with pytest.raises(PipelineError, match="disagrees with checkpoint"):
-        export.verify_export(saved_model, project / "models/pipeline.config", other, examples,
-                             "image_tensor", 1e-3)
+        export.verify_export(exported, project / "models/pipeline.config", other, examples, 1e-3)
     # The same call against the checkpoint it was exported from passes.
-    summary = export.verify_export(saved_model, project / "models/pipeline.config",
-                                   project / "models/train", examples, "image_tensor", 1e-3)
+    summary = export.verify_export(exported, project / "models/pipeline.config",
+                                   project / "models/train", examples, 1e-3)
     assert summary["max_box_difference"] <= 1e-3
 
 
@@ -98,8 +97,8 @@ def test_failed_verification_leaves_no_export(project, tmp_path, monkeypatch):
 def _verify_against(checkpoint_dir: Path):
     real = export.verify_export
 
-    def verify(saved_model, config, _checkpoint_dir, examples, input_type, tolerance):
-        return real(saved_model, config, checkpoint_dir, examples, input_type, tolerance)
+    def verify(export_dir, config, _checkpoint_dir, examples, tolerance):
+        return real(export_dir, config, checkpoint_dir, examples, tolerance)
 
     return verify
 
@@ -111,16 +110,15 @@ def test_tflite_models_match_the_saved_model(project):
     assert set(detectors) == {"float32", "int8"}
     example = export.test_examples(project / "data/tfrecords", 1)[0]
     image = detector.decode_example_image(example)
-    reference = export.saved_model_detections(project / "models/exported/saved_model",
-                                              [example], "image_tensor")[0]
-    outputs = export.Detections.from_outputs(detectors["float32"](image))
+    reference = export.saved_model_detections(project / "models/exported", [example])[0]
+    outputs = detectors["float32"](image)  # the same Detections type as the SavedModel's
     # Same weights, so the best detection is the same. Further down the lists may differ:
     # TFLite's NMS keeps one class per box, the SavedModel's several, and a barely trained
     # model has many near-tied boxes.
-    score_diff, box_diff = export._closest_match(outputs, 0, reference)
+    score_diff, box_diff = export.closest_match(outputs, 0, reference)
     assert score_diff <= 1e-3 and box_diff <= 1e-3
     assert outputs.scores[0] == pytest.approx(reference.scores[0], abs=1e-3)
-    int8 = export.Detections.from_outputs(detectors["int8"](image))
+    int8 = detectors["int8"](image)
     assert int8.scores.shape == outputs.scores.shape
 
 
@@ -141,17 +139,6 @@ def test_tflite_export_all_records_unsupported_without_failing(tmp_path):
     summary = tflite.export_all(config, tmp_path, tmp_path, tmp_path / "tflite", ExportParams())
     assert "not supported for EfficientDet" in summary["unsupported"]
     assert not (tmp_path / "tflite").exists()
-
-
-def test_detections_sorted_and_offset():
-    outputs = {"num_detections": np.array([2.0]),
-               "detection_scores": np.array([[0.2, 0.9, 0.0]]),
-               "detection_classes": np.array([[0.0, 1.0, 0.0]]),
-               "detection_boxes": np.arange(12, dtype=float).reshape(1, 3, 4)}
-    dets = export.Detections.from_outputs(outputs, class_offset=1)
-    assert dets.scores.tolist() == [0.9, 0.2]
-    assert dets.classes.tolist() == [2, 1]
-    assert dets.boxes[0].tolist() == [4, 5, 6, 7]
 
 
 def test_export_params_reject_unknown_tflite_precision():
@@ -193,7 +180,7 @@ def test_output_holding_an_input_or_foreign_files_is_refused(tmp_path, monkeypat
     def never(*args):
         raise AssertionError("the export ran")
 
-    monkeypatch.setattr(export, "_export_and_verify", never)
+    monkeypatch.setattr(export, "export_and_verify", never)
     output = {"model_dir": model_dir, "foreign": foreign}[target]
     code = cli.main(["export", "--params", str(params), "--config", str(tmp_path / "p.config"),
                      "--model-dir", str(model_dir), "--data", str(tmp_path / "data"),

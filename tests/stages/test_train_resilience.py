@@ -57,7 +57,8 @@ def checkpoint_listed(model_dir: Path, name: str) -> bool:
 
 
 def steps_logged(log_text: str) -> list[int]:
-    return [int(s) for s in re.findall(rf"pipeline\.train: step (\d+)/{NUM_STEPS} ", log_text)]
+    return [int(s) for s in
+            re.findall(rf"pipeline\.training\.monitor: step (\d+)/{NUM_STEPS} ", log_text)]
 
 
 def checkpoint_step(model_dir: Path) -> int:

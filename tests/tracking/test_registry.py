@@ -60,6 +60,13 @@ def test_champion_moves_only_to_a_better_map_on_the_same_split(export_dir, tmp_p
     assert f"tensorflow=={tf.__version__}" in requirements.split()
 
 
+def test_the_logged_code_is_the_pyfunc_of_the_one_runner():
+    import pipeline.odapi.serving as serving
+
+    assert registry.serving_code() == serving.__file__
+    assert "mlflow.models.set_model(SavedModelDetector())" in Path(serving.__file__).read_text()
+
+
 def test_serving_requirements_are_the_installed_versions():
     import tf_keras
 

@@ -32,12 +32,15 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
+
+if TYPE_CHECKING:  # annotations only: readers do not need the params module at run time
+    from pipeline.core.params import DataParams
 
 #: Folder names accepted for each split, in order of preference.
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -71,6 +74,13 @@ def read_coco(
         if folder is not None
         for record in read_coco_file(folder / annotation_file, folder, split)
     ]
+
+
+def read_dataset(root: Path, data: DataParams, images: str | None = None,
+                 annotations: str | None = None) -> list[ImageRecord]:
+    """The registry's entry (:class:`pipeline.data.readers.Reader`): :func:`read_coco`."""
+    return read_coco(root, data.coco_annotation_file, images=images, annotations=annotations,
+                     val_fraction=data.val_fraction, test_fraction=data.test_fraction)
 
 
 def _single_json(root: Path, splits: Sequence[str]) -> Path | None:
@@ -209,10 +219,11 @@ def load_coco(json_path: Path) -> CocoFile:
     try:
         return CocoFile.model_validate(data)
     except ValidationError as err:
-        raise PipelineError(_first_problem(json_path, err)) from None
+        raise PipelineError(first_problem(json_path, err)) from None
 
 
-def _first_problem(json_path: Path, err: ValidationError) -> str:
+def first_problem(json_path: Path, err: ValidationError) -> str:
+    """One line: the file, the key and the value of the first problem pydantic found."""
     problem = err.errors()[0]
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem["loc"])
     got = "" if problem["type"] == "missing" else f" (got {repr(problem['input'])[:80]})"

@@ -32,11 +32,15 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
+
+if TYPE_CHECKING:  # annotations only: the parse workers import this module, keep it light
+    from pipeline.core.params import DataParams
 
 #: Extensions tried, in order, when ``<filename>`` does not name an existing file.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG", ".bmp", ".gif", ".tif",
@@ -81,6 +85,13 @@ def read_voc(
         listed = [(i, hash_split(i, val_fraction, test_fraction)) for i in annotation_ids(layout)]
         listed = [(i, split) for i, split in listed if split in splits]
     return read_annotations(layout, listed)
+
+
+def read_dataset(root: Path, data: DataParams, images: str | None = None,
+                 annotations: str | None = None) -> list[ImageRecord]:
+    """The registry's entry (:class:`pipeline.data.readers.Reader`): :func:`read_voc`."""
+    return read_voc(root, images=images, annotations=annotations,
+                    val_fraction=data.val_fraction, test_fraction=data.test_fraction)
 
 
 def read_annotations(layout: VocLayout, listed: Sequence[tuple[str, str]]) -> list[ImageRecord]:

@@ -1,0 +1,167 @@
+"""The convert driver: a VOC or COCO dataset -> sharded TFRecords, a label map and a data report.
+
+The driver reads the annotation metadata (small: no image is opened) into records
+(:class:`~pipeline.core.records.ImageRecord`) with the reader of ``data.format``, builds the
+label map and deals the records into shards. The Beam graph (:mod:`pipeline.data.beam`) then writes
+each shard on a worker, through the per-image checks of :mod:`pipeline.data.checks`; the report
+(:mod:`pipeline.data.health`) is built from its side outputs and counters.
+
+Everything is written to ``<output>.partial`` first and renamed to ``<output>`` only once the
+run and the report are complete, so an interrupted run never leaves output that looks done.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineRunner
+
+from pipeline.core import layout, redaction
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import staged_output, write_json_atomic, write_text_atomic
+from pipeline.core.params import ConvertParams, DataParams
+from pipeline.core.records import SPLITS, ImageRecord
+from pipeline.data.beam import METRICS_NAMESPACE, WORK_DIR, build_pipeline, read_side_outputs
+from pipeline.data.health import build_report, report_markdown, write_plots
+from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
+from pipeline.data.readers import registry
+
+log = logging.getLogger(__name__)
+
+#: Auto sharding: OD API input readers interleave shards; ~1000 images each keeps files ~100 MB.
+IMAGES_PER_SHARD = 1000
+#: DirectRunner 'multi_processing' starts one Python per worker (each imports Beam and this
+#: package: seconds of fixed cost). Measured on the 2-core machine (shared, so noisy), BCCD
+#: replicated: 4,000 images 23.5 s in-process vs 28.2 s with 2 worker processes; 20,000 images
+#: 103 s vs 78 s. So one in-process worker below this many images; ``pipeline_args`` (e.g.
+#: ``--direct_running_mode=...``) can always force a mode.
+MULTIPROCESSING_MIN_IMAGES = 10_000
+
+
+def convert_dataset(
+    data: DataParams, convert: ConvertParams, output_dir: Path, *,
+    images: str | None = None, annotations: str | None = None,
+) -> dict:
+    """Read the dataset, run the Beam conversion, write everything to ``output_dir``.
+
+    ``images`` / ``annotations`` name the folders (or COCO file) of a flat layout instead of
+    ``data.root``. Returns the report (also written as ``data_report.json``). Raises
+    PipelineError when the dataset cannot be read or the train split ends up empty.
+    """
+    inputs = [p for p in (data.root, images, annotations) if p]
+    with staged_output(output_dir, inputs) as partial:  # refuses a foreign folder before work
+        records = read_dataset(data, images, annotations)
+        label_map = build_label_map(data.classes, records)
+        check_unknown_classes(records, label_map, data)
+        _require_train(Counter(r.split for r in records)["train"], "has no images")
+        shards = num_shards_by_split(records, convert.num_shards)
+        return _convert_into(partial, data, convert, records, label_map, shards)
+
+
+def read_dataset(
+    data: DataParams, images: str | None = None, annotations: str | None = None
+) -> list[ImageRecord]:
+    """Records of every split, from the reader of ``data.format``."""
+    root = Path(data.root)
+    if not (images or annotations) and not root.is_dir():
+        raise PipelineError(f"dataset root {root} does not exist (data.root or --input)")
+    return registry.reader(data.format)(root, data, images, annotations)
+
+
+def check_unknown_classes(records: Sequence[ImageRecord], label_map: LabelMap,
+                          data: DataParams) -> None:
+    """With ``data.unknown_classes: error``, stop when a label is not in ``data.classes``."""
+    unknown = Counter(o.label for r in records for o in r.objects if o.label not in label_map)
+    if unknown and data.unknown_classes == "error":
+        found = ", ".join(f"{name!r} ({n} boxes)" for name, n in sorted(unknown.items()))
+        raise PipelineError(f"labels not in data.classes: {found}; add them to data.classes "
+                            "or set data.unknown_classes: skip")
+
+
+def num_shards_by_split(records: Sequence[ImageRecord], num_shards: int) -> dict[str, int]:
+    """``num_shards`` for every split, or (0 = auto) one shard per IMAGES_PER_SHARD images."""
+    counts = Counter(record.split for record in records)
+    return {s: num_shards or max(1, math.ceil(counts[s] / IMAGES_PER_SHARD)) for s in SPLITS}
+
+
+
+def pipeline_options(convert: ConvertParams, num_images: int) -> PipelineOptions:
+    """Runner and ``pipeline_args`` from params; DirectRunner parallelism chosen by size."""
+    args = ["--runner", convert.runner]
+    if convert.runner == "DirectRunner":
+        workers = convert.direct_num_workers or os.cpu_count() or 1
+        parallel = workers > 1 and num_images >= MULTIPROCESSING_MIN_IMAGES
+        mode = "multi_processing" if parallel else "in_memory"
+        args += ["--direct_num_workers", str(workers if parallel else 1),
+                 "--direct_running_mode", mode]
+    # The user's pipeline_args come last so that they win over the defaults above.
+    # $VARS are expanded here, so secrets stay in the environment, not in params or dvc.lock.
+    user_args = [os.path.expandvars(a) for a in convert.pipeline_args]
+    return PipelineOptions([*args, *redaction.join_secret_values(user_args)])
+
+
+def make_runner(options: PipelineOptions) -> PipelineRunner | None:
+    """None (Beam picks the runner named in options), except for DirectRunner: see below.
+
+    Beam 2.77's DirectRunner first tries the Prism runner, which downloads a Go binary from
+    GitHub at run time (fails offline, ignores ``direct_running_mode``) and only then falls back
+    to the FnApiRunner. We build that FnApiRunner directly, exactly as DirectRunner does.
+    """
+    if options.view_as(StandardOptions).runner not in (None, "DirectRunner"):  # None: default
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
+
+
+def _convert_into(
+    partial: Path, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
+    label_map: LabelMap, shards: Mapping[str, int],
+) -> dict:
+    log.info("converting %d images (shards: %s) to %s", len(records), dict(shards), partial)
+    options = pipeline_options(convert, len(records))
+    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    build_pipeline(pipeline, records, partial, label_map, shards, data.size_mismatch)
+    result = pipeline.run()
+    result.wait_until_finish()
+    issues, summaries = read_side_outputs(partial / WORK_DIR)
+    report = build_report(data, label_map, records, summaries, issues, shards)
+    report["counters"] = beam_counters(result)
+    _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
+    shutil.rmtree(partial / WORK_DIR)
+    write_label_map(label_map, partial / layout.LABEL_MAP)
+    report["plots"] = write_plots(report, partial / layout.DATA_PLOTS_DIR)
+    write_json_atomic(partial / layout.DATA_REPORT_JSON, report)
+    write_text_atomic(partial / layout.DATA_REPORT_MD, report_markdown(report))
+    return report
+
+
+def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The pipeline's ``convert`` counters ({name: committed value}): every fix and skip by
+    reason, ``images_written`` and ``shards_written``, as the runner (any runner) counted them."""
+    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    totals: Counter[str] = Counter()
+    for counter in query["counters"]:
+        totals[counter.key.metric.name] += counter.committed or 0
+    return dict(sorted(totals.items()))
+
+
+def _require_train(num_images: int, problem: str) -> None:
+    if num_images == 0:
+        raise PipelineError(f"the train split {problem}; training needs at least one image "
+                            "(check the split lists, data.val/test_fraction or the train/ folder)")
+
+
+# --- Beam ---------------------------------------------------------------------------------------

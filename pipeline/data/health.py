@@ -1,0 +1,185 @@
+"""The data report of the convert stage: ``data_report.json``, ``data_report.md`` and plots.
+
+``data_report.json``: ``format``, ``root``, ``classes`` ([{id, name}]), ``images``, ``objects``,
+``max_objects_per_image``, ``issue_counts`` ({reason: n}), ``counters`` (the Beam counters:
+the same counts as the runner saw them, plus ``images_written``, ``shards_written``),
+``warnings`` ([str]), ``plots`` ([file]) and ``splits``: {split: {images_listed, images
+(written), objects, objects_per_class, max_objects_per_image, objects_per_image ({n: images}),
+box_sizes ({bin: boxes}), shards, issue_counts, issues: [{file, split, reason, action,
+detail}]}}. Reasons and actions are listed in :data:`pipeline.data.checks.REASONS`.
+"""
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from pipeline.core import layout
+from pipeline.core.params import DataParams
+from pipeline.core.records import SPLITS, ImageRecord
+from pipeline.data.checks import REASONS, Issue
+from pipeline.data.labelmap import LabelMap
+
+#: Box size bins (square root of the area, pixels) in the report; 32 and 96 are COCO's
+#: small / medium / large limits.
+BOX_SIZE_EDGES = (8, 16, 32, 64, 96, 128, 256, 512)
+#: data_report.md lists at most this many issues per reason (data_report.json has them all).
+MD_ISSUES_PER_REASON = 50
+#: The Markdown report's template, a package resource in ``pipeline/data/templates/``.
+TEMPLATES_DIR = "templates"
+MARKDOWN_TEMPLATE = "data_report.md.j2"
+
+
+def empty_summary() -> dict:
+    """One split's statistics before any image: what Beam's SplitSummaryFn accumulates."""
+    return {"images": 0, "objects": 0, "objects_per_class": {}, "max_objects_per_image": 0,
+            "objects_per_image": {}, "box_sizes": {}}
+
+
+def box_size_bin(size: float) -> str:
+    """The report's bin for a box of ``size`` = sqrt(area) pixels, e.g. ``"32-64"``."""
+    low = 0
+    for edge in BOX_SIZE_EDGES:
+        if size < edge:
+            return f"{low}-{edge}"
+        low = edge
+    return f">={low}"
+
+
+def box_size_bins() -> list[str]:
+    """Every bin of :func:`box_size_bin`, smallest first."""
+    lows = (0, *BOX_SIZE_EDGES)
+    return [f"{a}-{b}" for a, b in zip(lows, BOX_SIZE_EDGES)] + [f">={BOX_SIZE_EDGES[-1]}"]
+
+
+def build_report(
+    data: DataParams, label_map: LabelMap, records: Sequence[ImageRecord],
+    summaries: Mapping[str, dict], issues: Sequence[Issue], shards: Mapping[str, int],
+) -> dict:
+    """The machine-readable data report (schema in the module docstring)."""
+    listed = Counter(record.split for record in records)
+    by_split: dict[str, list[Issue]] = {split: [] for split in SPLITS}
+    for issue in issues:
+        by_split[issue.split].append(issue)
+    splits = {split: split_report(listed[split], summaries.get(split), shards[split],
+                                  by_split[split]) for split in SPLITS}
+    return {
+        "format": data.format,
+        "root": str(data.root),
+        "classes": [{"id": i, "name": n} for n, i in sorted(label_map.items(), key=lambda x: x[1])],
+        "images_listed": len(records),
+        "images": sum(s["images"] for s in splits.values()),
+        "objects": sum(s["objects"] for s in splits.values()),
+        "max_objects_per_image": max(s["max_objects_per_image"] for s in splits.values()),
+        "issue_counts": dict(sorted(Counter(i.reason for i in issues).items())),
+        "warnings": report_warnings(splits, label_map),
+        "plots": [],
+        "splits": splits,
+    }
+
+
+def split_report(listed: int, summary: dict | None, shards: int, issues: list[Issue]) -> dict:
+    """One split's entry: counts written, histograms, issues and issue counts by reason."""
+    summary = summary or empty_summary()
+    per_image = summary["objects_per_image"]
+    return {
+        "images_listed": listed,
+        "images": summary["images"],
+        "objects": summary["objects"],
+        "objects_per_class": dict(sorted(summary["objects_per_class"].items())),
+        "max_objects_per_image": summary["max_objects_per_image"],
+        "objects_per_image": {k: per_image[k] for k in sorted(per_image, key=int)},
+        "box_sizes": {b: summary["box_sizes"].get(b, 0) for b in box_size_bins()},
+        "shards": shards,
+        "issue_counts": dict(sorted(Counter(i.reason for i in issues).items())),
+        "issues": [asdict(i) for i in issues],
+    }
+
+
+def report_warnings(splits: Mapping[str, dict], label_map: LabelMap) -> list[str]:
+    """Problems that do not stop the conversion but deserve attention."""
+    warnings = [f"split '{s}' is empty" for s in ("val", "test") if splits[s]["images"] == 0]
+    train_counts = splits["train"]["objects_per_class"]
+    warnings += [f"class '{c}' has no objects in train" for c in label_map if c not in train_counts]
+    leaks = sum(s["issue_counts"].get("leakage", 0) for s in splits.values())
+    if leaks:
+        warnings.append(f"{leaks} images share their content with an image of another split "
+                        "(leakage: evaluation on them is not independent)")
+    return warnings
+
+
+def write_plots(report: dict, folder: Path) -> list[str]:
+    """Class histogram, box size distribution and objects per image (PNG, one bar per split).
+
+    Returns the files written, relative to the output folder.
+    """
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg, no pyplot state
+
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = [c["name"] for c in report["classes"]]
+    counts = sorted({int(n) for s in report["splits"].values() for n in s["objects_per_image"]})
+    plots = {
+        "class_histogram": ("objects per class", classes, "objects_per_class"),
+        "box_sizes": ("box size (sqrt of area, pixels)", box_size_bins(), "box_sizes"),
+        "objects_per_image": ("objects in one image", [str(n) for n in counts],
+                              "objects_per_image"),
+    }
+    for name, (title, categories, key) in plots.items():
+        figure = Figure(figsize=(max(5.0, 0.45 * len(categories) + 2), 3.6), layout="tight")
+        _bars(figure.add_subplot(), title, categories,
+              {s: info[key] for s, info in report["splits"].items()})
+        figure.savefig(folder / f"{name}.png", dpi=100)
+    return [f"{folder.name}/{name}.png" for name in plots]
+
+
+def _bars(axes: Any, title: str, categories: list[str], per_split: Mapping[str, dict]) -> None:
+    width = 0.8 / max(1, len(per_split))
+    for offset, (split, values) in enumerate(per_split.items()):
+        xs = np.arange(len(categories)) + offset * width
+        axes.bar(xs, [values.get(c, 0) for c in categories], width, label=split)
+    axes.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories,
+                    rotation=45 if len(categories) > 6 else 0, ha="right")
+    axes.set_title(title)
+    axes.set_ylabel("count")
+    axes.legend()
+
+
+def report_markdown(report: dict) -> str:
+    """The readable summary (the template ``templates/data_report.md.j2``): counts per split
+    and class, warnings, plots and the issues by reason."""
+    return _templates().get_template(MARKDOWN_TEMPLATE).render(markdown_context(report))
+
+
+def markdown_context(report: dict) -> dict:
+    """The template's variables: the report's values, arranged in rows and groups."""
+    names = [c["name"] for c in report["classes"]]
+    issues = [i for s in report["splits"].values() for i in s["issues"]]
+    rows = [{"split": split, "images": s["images"], "listed": s["images_listed"],
+             "objects": s["objects"], "max_objects": s["max_objects_per_image"],
+             "per_class": [s["objects_per_class"].get(c, 0) for c in names],
+             "issues": len(s["issues"])} for split, s in report["splits"].items()]
+    reasons = []
+    for reason, count in report["issue_counts"].items():
+        of_reason = [i for i in issues if i["reason"] == reason]
+        reasons.append({"name": reason, "action": REASONS.get(reason, "?"), "count": count,
+                        "issues": of_reason[:MD_ISSUES_PER_REASON],
+                        "more": max(0, len(of_reason) - MD_ISSUES_PER_REASON)})
+    return {"root": report["root"], "format": report["format"], "names": names,
+            "class_ids": ", ".join(f"{c['id']}={c['name']}" for c in report["classes"]),
+            "rows": rows, "warnings": report["warnings"], "plots": report["plots"],
+            "reasons": reasons, "json_file": layout.DATA_REPORT_JSON}
+
+
+@functools.lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    # Markdown, not HTML: no autoescape. A missing variable is an error, not an empty string.
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline.data", TEMPLATES_DIR), autoescape=False,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True)

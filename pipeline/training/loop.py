@@ -1,0 +1,209 @@
+"""The segmented training: ``model_main_tf2`` to each evaluation step in turn, evaluate the
+checkpoint, keep the best one, write the curves and metrics files.
+
+The loop knows no tracker (as Ultralytics' trainer): whoever runs it attaches callbacks to its
+events (:data:`EVENTS`), e.g. the train stage's MLflow journal. The step of the latest
+checkpoint is read from disk once, when the model directory is prepared, and then tracked from
+the checkpoints training saves (training hook A reports each one).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.core import compat, layout
+from pipeline.core.errors import PipelineError
+from pipeline.odapi import training_hooks
+from pipeline.training import checkpoint_eval
+from pipeline.training.curves import read_scalars, write_curves, write_eval_curves, write_metrics
+from pipeline.training.inputs import TrainingRun
+from pipeline.training.model_dir import (copy_best, fingerprint, latest_checkpoint, load_history,
+                                         prepare_model_dir, read_best, save_history)
+from pipeline.training.monitor import TrainMonitor
+
+log = logging.getLogger(__name__)
+
+#: The events of a training and their callbacks' arguments, in the order they happen.
+EVENTS = {
+    "on_train_start": "(): the model directory is ready (fresh, or resumed)",
+    "on_checkpoint": "(step, path): training saved a checkpoint",
+    "on_evaluation": "(step, metrics or None): a training segment ended and was evaluated",
+    "on_best_checkpoint": "(step, folder): a new best checkpoint, staged, before it is published",
+    "on_train_end": "(): training finished and the curves and metrics files are written",
+    "on_train_failed": "(error): training stopped with a PipelineError (a NaN loss, ...)",
+}
+
+def enable_gpu_memory_growth() -> None:
+    """Let TensorFlow grow GPU memory as needed instead of reserving all of it (no-op on CPU)."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def model_main_argv(config: Path, model_dir: Path, num_steps: int, every_n: int,
+                    num_workers: int = 1, tpu_name: str = "") -> list[str]:
+    """``model_main_tf2`` flags; its strategy: TPU, multi-worker or MirroredStrategy (default)."""
+    argv = [
+        "model_main_tf2",
+        f"--pipeline_config_path={config}",
+        f"--model_dir={model_dir}",
+        f"--num_train_steps={num_steps}",
+        f"--checkpoint_every_n={every_n}",
+        f"--num_workers={num_workers}",
+        # Image summaries cost more than a training step on CPU; loss scalars are still written.
+        "--record_summaries=false",
+    ]
+    if tpu_name:
+        argv += ["--use_tpu=true", f"--tpu_name={tpu_name}"]
+    return argv
+
+
+def train_with_model_main(argv: list[str]) -> None:
+    """Run ``model_main_tf2.main`` with ``argv``; the final step is always checkpointed."""
+    compat.apply()
+    training_hooks.save_final_checkpoint_after_train_loop()
+    from absl import flags
+    from object_detection import model_main_tf2
+
+    flags.FLAGS(argv)
+    model_main_tf2.main(argv)
+
+
+def segment_ends(start: int, num_steps: int, eval_every_n: int) -> list[int]:
+    """Steps after ``start`` where training pauses for an evaluation (always ``num_steps``)."""
+    every = range(eval_every_n, num_steps, eval_every_n) if eval_every_n else []
+    return [s for s in every if s > start] + ([num_steps] if start < num_steps else [])
+
+
+class SegmentedTraining:
+    """Train to each evaluation step in turn, evaluate, keep the best checkpoint; report each
+    event to the callbacks attached to it."""
+
+    def __init__(self, run: TrainingRun):
+        self.run = run
+        self.callbacks: dict[str, list[Callable]] = {event: [] for event in EVENTS}
+        self.step = 0  # of the latest checkpoint
+        self.history: dict[str, dict[str, float]] = {}
+        self.can_evaluate = False
+
+    def add_callback(self, event: str, callback: Callable) -> None:
+        """Call ``callback`` at ``event`` (one of :data:`EVENTS`)."""
+        if event not in self.callbacks:
+            raise ValueError(f"unknown training event {event!r}; known: {', '.join(EVENTS)}")
+        self.callbacks[event].append(callback)
+
+    def add_callbacks(self, tracker: object) -> None:
+        """Attach every method of ``tracker`` named after an event (``on_evaluation``, ...)."""
+        for event in EVENTS:
+            if callable(getattr(tracker, event, None)):
+                self.add_callback(event, getattr(tracker, event))
+
+    def fire(self, event: str, *args) -> None:
+        for callback in self.callbacks[event]:
+            callback(*args)
+
+    def train(self) -> None:
+        """Prepare the model directory, train and evaluate to ``num_steps``, write the files."""
+        enable_gpu_memory_growth()
+        # A folder that is not a training folder fails here, before any callback writes to it.
+        self.step = prepare_model_dir(self.run.model_dir, fingerprint(self.run.config, self.run))
+        self.history = load_history(self.run.model_dir)
+        self.fire("on_train_start")
+        try:
+            self.train_segments()
+            self.write_outputs()
+        except PipelineError as err:
+            self.fire("on_train_failed", err)
+            raise
+        self.fire("on_train_end")
+
+    def train_segments(self) -> None:
+        import tensorflow as tf
+
+        run = self.run
+        tf.keras.utils.set_random_seed(run.seed)
+        self.can_evaluate = has_records(run.data_dir, "val")
+        if not self.can_evaluate:
+            log.warning("the val split is empty: no evaluation; the last checkpoint is exported")
+        evaluated_at = segment_ends(0, run.num_steps, run.eval_every_n)
+        if self.step in evaluated_at and str(self.step) not in self.history:
+            self.evaluate(self.step)  # interrupted between its checkpoint and its evaluation
+        monitor = TrainMonitor(run.num_steps, run.batch_size, run.progress_every)
+        if run.tpu_name:  # the per-step callback is a tf.py_function, which TPUs cannot run
+            log.warning("on a TPU there is no per-step progress and no NaN/Inf guard")
+        else:  # Python every 10 steps (any NaN/Inf at once); every step if asked for
+            training_hooks.observe_train_steps(monitor, every_n=1 if not run.progress_every else 10)
+        training_hooks.observe_checkpoints(self.checkpoint_saved)
+        try:
+            for end in segment_ends(self.step, run.num_steps, run.eval_every_n):
+                self.train_to(end, monitor)
+                self.evaluate(end)
+        finally:
+            training_hooks.observe_checkpoints(None)
+
+    def checkpoint_saved(self, step: int, path: str) -> None:
+        self.step = step
+        self.fire("on_checkpoint", step, path)
+
+    def train_to(self, end: int, monitor: TrainMonitor) -> None:
+        run = self.run
+        monitor.begin(self.step)
+        argv = model_main_argv(run.config, run.model_dir, end, run.checkpoint_every_n,
+                               run.num_workers, run.tpu_name)
+        try:
+            train_with_model_main(argv)
+        except Exception as err:
+            if monitor.non_finite is None:
+                raise
+            raise PipelineError(monitor.stop_message(
+                self.last_good_checkpoint(), run.config, run.schedule.peak_learning_rate)) from err
+
+    def last_good_checkpoint(self) -> str:
+        latest = latest_checkpoint(self.run.model_dir)
+        return f"{latest} (step {self.step})" if latest else "none"
+
+    def checkpoint_at(self, step: int) -> str | None:
+        """The latest checkpoint when it holds ``step`` (evaluated right after it is saved)."""
+        return latest_checkpoint(self.run.model_dir) if self.step == step else None
+
+    def evaluate(self, step: int) -> None:
+        checkpoint = self.checkpoint_at(step)
+        metrics = None
+        if self.can_evaluate and checkpoint:
+            log.info("evaluating %s on the val split", checkpoint)
+            metrics = checkpoint_eval.evaluate_checkpoint(
+                self.run.config, checkpoint, self.run.model_dir / "eval")
+            self.history[str(step)] = metrics
+            save_history(self.run.model_dir, self.history)
+            log.info("step %d: %s", step, checkpoint_eval.summary(metrics))
+        self.update_best(step, checkpoint)
+        self.fire("on_evaluation", step, metrics)
+
+    def update_best(self, step: int, checkpoint: str | None) -> None:
+        metrics = self.history.get(str(step))
+        if checkpoint is None or (metrics is None and self.can_evaluate):
+            return
+        best = read_best(self.run.model_dir)
+        best_metrics = self.history.get(str(best["step"])) if best else None
+        # Without a val split the latest checkpoint is the best one known.
+        if metrics is None or checkpoint_eval.is_better(self.run.best_metric, metrics,
+                                                        best_metrics):
+            copy_best(checkpoint, step, self.run.model_dir,
+                      lambda folder: self.fire("on_best_checkpoint", step, folder))
+
+    def write_outputs(self) -> None:
+        run = self.run
+        write_curves(read_scalars(run.model_dir / "train"), run.curves)
+        write_eval_curves(self.history, run.eval_curves)
+        write_metrics(self.history, read_best(run.model_dir), run.best_metric, run.num_steps,
+                      run.metrics)
+
+
+def has_records(data_dir: Path, split: str) -> bool:
+    """Whether the ``split`` shards in ``data_dir`` hold at least one example."""
+    import tensorflow as tf
+
+    shards = layout.record_files(data_dir, split)
+    return bool(shards) and any(True for _ in tf.data.TFRecordDataset(shards).take(1))

@@ -1,0 +1,82 @@
+"""The training hooks around the OD API's train_loop (pipeline/odapi/training_hooks.py)."""
+import pytest
+
+from pipeline.core import compat
+from pipeline.odapi import training_hooks
+
+
+@pytest.mark.parametrize("steps, expected", [(1000, 100), (30, 30), (250, 50), (97, 97),
+                                             (101, 1), (1, 1)])
+def test_steps_per_iteration_divides_num_steps(steps, expected):
+    assert training_hooks.steps_per_iteration(steps) == expected
+
+
+@pytest.mark.parametrize("train_steps, restored, every_n, expected", [
+    (800, 0, 200, 10), (30, 12, 1000, 2), (30, 12, 6, 6), (40, 10, 10, 10), (25, 0, 1000, 5), (97, 0, 1000, 1),
+])
+def test_resume_block_divides_the_restored_step_the_target_and_the_checkpoint_interval(
+        train_steps, restored, every_n, expected):
+    block = training_hooks.resume_block_size(train_steps, restored, every_n)
+    assert block == expected
+    assert train_steps % block == 0 and restored % block == 0 and every_n % block == 0
+
+
+def test_checkpoint_step_is_zero_without_checkpoints(tmp_path):
+    assert training_hooks.checkpoint_step(tmp_path) == 0
+
+
+def test_train_step_callback_runs_every_n_steps_and_at_once_on_a_non_finite_loss(monkeypatch):
+    compat.apply()
+    import math
+
+    import tensorflow as tf
+    from object_detection import model_lib_v2
+
+    losses = tf.constant([1.0] * 12 + [math.nan] + [1.0] * 7)  # the 13th step's loss is NaN
+
+    def fake_train_step(*args, training_step, **kwargs):
+        return {"Loss/total_loss": tf.gather(losses, training_step)}
+
+    monkeypatch.setattr(model_lib_v2, "eager_train_step", fake_train_step)
+    calls = []
+    training_hooks.observe_train_steps(lambda step, loss: calls.append((step, loss)), every_n=5)
+    step = tf.Variable(0, dtype=tf.int64)
+
+    @tf.function
+    def train_20_steps():
+        for _ in tf.range(20):
+            model_lib_v2.eager_train_step(None, training_step=step)
+            step.assign_add(1)
+
+    train_20_steps()
+    assert [s for s, _ in calls] == [5, 10, 13, 15, 20]
+    assert math.isnan(dict(calls)[13]) and dict(calls)[20] == 1.0
+    assert training_hooks.od_api_original(model_lib_v2.eager_train_step) is fake_train_step
+
+
+def test_every_checkpoint_train_loop_saves_is_reported_with_its_step(tmp_path, monkeypatch):
+    compat.apply()
+    import tensorflow as tf
+    from object_detection import model_lib_v2
+
+    def fake_train_loop(model_dir, train_steps, **kwargs):
+        step = tf.Variable(0, dtype=tf.int64)
+        manager = tf.compat.v2.train.CheckpointManager(tf.train.Checkpoint(step=step), model_dir,
+                                                       max_to_keep=5)
+        manager.save()  # step 0, as train_loop does
+        step.assign(4)
+        manager.save()
+        step.assign(train_steps)  # the final step, not saved by the loop itself
+
+    monkeypatch.setattr(model_lib_v2, "train_loop", fake_train_loop)
+    monkeypatch.setattr(model_lib_v2.inputs, "train_input", model_lib_v2.inputs.train_input)
+    training_hooks.save_final_checkpoint_after_train_loop()
+    saved = []
+    training_hooks.observe_checkpoints(lambda step, path: saved.append((step, path)))
+    try:
+        model_lib_v2.train_loop(model_dir=str(tmp_path), train_steps=6)
+    finally:
+        training_hooks.observe_checkpoints(None)
+    assert [step for step, _ in saved] == [0, 4, 6]
+    assert saved[-1][1] == tf.train.latest_checkpoint(str(tmp_path))
+    assert training_hooks.checkpoint_step(tmp_path) == 6

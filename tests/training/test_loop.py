@@ -1,0 +1,206 @@
+"""The segmented training loop (pipeline/training/loop.py) and its typed inputs: model_main_tf2
+flags, segments, the schedule read from the config, the events trackers attach to."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.core import compat
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import TrainParams
+from pipeline.training import inputs, loop
+
+
+def test_default_argv_lets_model_main_use_mirrored_strategy_on_local_devices(tmp_path):
+    argv = loop.model_main_argv(tmp_path / "p.config", tmp_path / "m", 300, 100)
+    assert argv[0] == "model_main_tf2"
+    assert f"--pipeline_config_path={tmp_path / 'p.config'}" in argv
+    assert "--num_train_steps=300" in argv and "--checkpoint_every_n=100" in argv
+    assert "--num_workers=1" in argv
+    assert not any(a.startswith(("--use_tpu", "--tpu_name")) for a in argv)
+
+
+# model_main_tf2's absl flags clash with exporter_main_v2's (both define pipeline_config_path),
+# so they are parsed in a fresh interpreter, as the train stage's own process does.
+_PARSE_MODEL_MAIN_FLAGS = """
+import json, sys
+from pipeline.core import compat
+compat.apply()
+from absl import flags
+from object_detection import model_main_tf2  # noqa: F401 - defines the flags
+flags.FLAGS(json.loads(sys.argv[1]))
+print(json.dumps({k: flags.FLAGS[k].value for k in ("num_workers", "use_tpu", "tpu_name",
+                                                      "num_train_steps")}))
+"""
+
+
+def parsed_model_main_flags(argv: list[str]) -> dict:
+    result = subprocess.run([sys.executable, "-c", _PARSE_MODEL_MAIN_FLAGS, json.dumps(argv)],
+                            capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_workers_and_tpu_become_model_main_flags_it_parses(tmp_path):
+    argv = loop.model_main_argv(tmp_path / "p.config", tmp_path / "m", 10, 5, num_workers=4)
+    parsed = parsed_model_main_flags(argv)
+    assert parsed["num_workers"] == 4 and not parsed["use_tpu"]
+    argv = loop.model_main_argv(tmp_path / "p.config", tmp_path / "m", 10, 5, tpu_name="tpu-1")
+    parsed = parsed_model_main_flags(argv)
+    assert parsed["use_tpu"] and parsed["tpu_name"] == "tpu-1"
+    assert parsed["num_train_steps"] == 10
+
+
+@pytest.mark.parametrize("start, steps, every, expected", [
+    (0, 800, 200, [200, 400, 600, 800]),
+    (300, 800, 200, [400, 600, 800]),
+    (0, 50, 0, [50]),
+    (0, 250, 100, [100, 200, 250]),
+    (800, 800, 200, []),
+])
+def test_segments_end_at_each_evaluation_and_at_the_last_step(start, steps, every, expected):
+    assert loop.segment_ends(start, steps, every) == expected
+
+
+def make_run(config: Path, **changes) -> inputs.TrainingRun:
+    """A run of 20 steps evaluated every 10, its files beside ``config``."""
+    folder = config.parent
+    run = inputs.TrainingRun(
+        config=config, model_dir=folder / "train", data_dir=folder / "data",
+        curves=folder / "curves.csv", eval_curves=folder / "eval.csv", metrics=folder / "m.json",
+        schedule=inputs.Schedule(num_steps=20, batch_size=2, peak_learning_rate=0.1),
+        checkpoint_every_n=10, eval_every_n=10, best_metric="map", seed=0)
+    return dataclasses.replace(run, **changes)
+
+
+CONFIG = """model {{ ssd {{ num_classes: 1 }} }}
+train_config {{ batch_size: 3 num_steps: {steps} optimizer {{ momentum_optimizer {{ learning_rate
+  {{ cosine_decay_learning_rate {{ learning_rate_base: 0.04 total_steps: 77 }} }} }} }} }}
+"""
+
+
+def test_batch_size_and_steps_come_from_the_config_not_from_params(tmp_path):
+    compat.apply()
+    config = tmp_path / "p.config"
+    config.write_text(CONFIG.format(steps=77))
+    run = inputs.TrainingRun.from_config(
+        config, TrainParams(batch_size=16, num_steps=800, eval_every_n=5), model_dir=tmp_path,
+        data_dir=tmp_path, curves=tmp_path, eval_curves=tmp_path, metrics=tmp_path)
+    assert (run.num_steps, run.batch_size) == (77, 3)
+    assert run.schedule.peak_learning_rate == pytest.approx(0.04)
+    assert run.eval_every_n == 5
+    config.write_text(CONFIG.format(steps=0))
+    with pytest.raises(PipelineError, match="num_steps is 0"):
+        inputs.read_schedule(config)
+
+
+class FakeTracker:
+    """Records the events it is called for; has no on_checkpoint (optional events)."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_train_start(self):
+        self.events.append(("start",))
+
+    def on_evaluation(self, step, metrics):
+        self.events.append(
+            ("evaluation", step, metrics and metrics["DetectionBoxes_Precision/mAP"]))
+
+    def on_best_checkpoint(self, step, folder):
+        self.events.append(("best", step, (folder / "checkpoint").is_file()))
+
+    def on_train_end(self):
+        self.events.append(("end",))
+
+    def on_train_failed(self, error):
+        self.events.append(("failed", str(error).split(";")[0]))
+
+
+@pytest.fixture
+def fake_od_api(tmp_path, monkeypatch):
+    """The loop with model_main_tf2 replaced by a fake that checkpoints the segment's last
+    step (or hands the monitor a NaN loss at a step in ``nan_at``), and evaluation by a table."""
+    compat.apply()
+    state = {"monitor": None, "nan_at": None, "disk_reads": 0}
+    monkeypatch.setattr(loop.training_hooks, "observe_train_steps",
+                        lambda monitor, every_n: state.update(monitor=monitor))
+    monkeypatch.setattr(loop, "has_records", lambda data_dir, split: True)
+    monkeypatch.setattr(loop, "fingerprint", lambda config, run: {"model": "m"})
+    maps = {10: 0.5, 20: 0.4}
+    monkeypatch.setattr(loop.checkpoint_eval, "evaluate_checkpoint", lambda config, checkpoint,
+                        summary_dir: {"DetectionBoxes_Precision/mAP": maps[int(checkpoint[-2:])]})
+
+    def read_step_from_disk(model_dir):
+        state["disk_reads"] += 1
+        return 10
+
+    monkeypatch.setattr(loop.training_hooks, "checkpoint_step", read_step_from_disk)
+
+    def save(model_dir: Path, step: int) -> None:
+        prefix = model_dir / f"ckpt-{step}"
+        prefix.with_suffix(".index").write_text("x")
+        (model_dir / "checkpoint").write_text(f'model_checkpoint_path: "{prefix.name}"\n')
+        loop.training_hooks._checkpoint_callback(step, str(prefix))  # what hook A reports
+
+    def model_main(argv):
+        flags = dict(a.lstrip("-").split("=", 1) for a in argv[1:])
+        model_dir = Path(flags["model_dir"])
+        if not (model_dir / "checkpoint").is_file():
+            save(model_dir, 0)  # as train_loop does before its first step
+        if state["nan_at"]:
+            state["monitor"](state["nan_at"], math.nan)
+        save(model_dir, int(flags["num_train_steps"]))
+
+    def latest_checkpoint(model_dir: Path) -> str | None:
+        listed = model_dir / "checkpoint"
+        return str(model_dir / listed.read_text().split('"')[1]) if listed.is_file() else None
+
+    monkeypatch.setattr(loop, "train_with_model_main", model_main)
+    monkeypatch.setattr(loop, "latest_checkpoint", latest_checkpoint)
+    return state
+
+
+def test_the_loop_reports_its_events_to_an_attached_tracker(tmp_path, fake_od_api):
+    training = loop.SegmentedTraining(make_run(tmp_path / "p.config"))
+    tracker, saved = FakeTracker(), []
+    training.add_callbacks(tracker)
+    training.add_callback("on_checkpoint", lambda step, path: saved.append(step))
+    training.train()
+    assert tracker.events == [("start",), ("best", 10, True), ("evaluation", 10, 0.5),
+                              ("evaluation", 20, 0.4), ("end",)]
+    assert saved == [0, 10, 20] and training.step == 20
+    assert json.loads((tmp_path / "m.json").read_text())["best_step"] == 10
+    assert fake_od_api["disk_reads"] == 0  # a fresh directory: nothing to read
+    with pytest.raises(ValueError, match="unknown training event 'on_epoch'"):
+        training.add_callback("on_epoch", print)
+
+
+def test_a_nan_loss_reports_failure_not_end_and_names_the_last_checkpoint(tmp_path,
+                                                                           fake_od_api):
+    training = loop.SegmentedTraining(make_run(tmp_path / "p.config"))
+    tracker = FakeTracker()
+    training.add_callbacks(tracker)
+    fake_od_api["nan_at"] = 3
+    with pytest.raises(PipelineError, match=r"Last good checkpoint: .*ckpt-0 \(step 0\)"):
+        training.train()
+    assert tracker.events == [
+        ("start",), ("failed", "training stopped: the total loss is nan at step 3")]
+
+
+def test_the_checkpoint_step_is_read_from_disk_once_then_tracked(tmp_path, fake_od_api):
+    run = make_run(tmp_path / "p.config")
+    run.model_dir.mkdir()
+    (run.model_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-10"\n')
+    (run.model_dir / "fingerprint.json").write_text(json.dumps({"model": "m"}))
+    (run.model_dir / "eval_history.json").write_text(json.dumps(
+        {"10": {"DetectionBoxes_Precision/mAP": 0.5}}))
+    training = loop.SegmentedTraining(run)
+    tracker = FakeTracker()
+    training.add_callbacks(tracker)
+    training.train()  # resumes at step 10 (evaluated already), trains to 20
+    assert fake_od_api["disk_reads"] == 1 and training.step == 20
+    assert tracker.events == [("start",), ("best", 20, True), ("evaluation", 20, 0.4), ("end",)]
