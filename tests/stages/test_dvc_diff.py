@@ -2,7 +2,8 @@
 and plot data are committed with the product's .gitignore, the pictures come from DVC's cache.
 
 Slow: one `dvc repro` of the miniature project without TFLite models, then a report-only
-re-run: 476 s measured on the shared 2-core machine (all in the fixture; each test ~2 s).
+re-run: 476 s and 784 s measured on the shared, busy 2-core machine (all in the fixture;
+each test ~2 s).
 On the code before (reports/ git-ignored) every test here fails: no commit holds a metric.
 """
 from __future__ import annotations
