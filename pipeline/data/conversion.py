@@ -22,14 +22,16 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineRunner
+from apache_beam.runners.runner import PipelineResult, PipelineRunner
 
 from pipeline.core import layout, redaction
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import staged_output, write_json_atomic, write_text_atomic
 from pipeline.core.params import ConvertParams, DataParams
 from pipeline.core.records import SPLITS, ImageRecord
-from pipeline.data.beam import METRICS_NAMESPACE, WORK_DIR, build_pipeline, read_side_outputs
+from pipeline.data.beam import (
+    METRICS_NAMESPACE, WORK_DIR, build_pipeline, dask_problems, read_results,
+)
 from pipeline.data.health import build_report, report_markdown, write_plots
 from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
 from pipeline.data.readers import registry
@@ -44,6 +46,8 @@ IMAGES_PER_SHARD = 1000
 #: 103 s vs 78 s. So one in-process worker below this many images; ``pipeline_args`` (e.g.
 #: ``--direct_running_mode=...``) can always force a mode.
 MULTIPROCESSING_MIN_IMAGES = 10_000
+#: ``convert.runner: dask``: Beam does not register the short name ``DaskRunner``.
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 def convert_dataset(
@@ -94,17 +98,24 @@ def num_shards_by_split(records: Sequence[ImageRecord], num_shards: int) -> dict
 
 
 def pipeline_options(convert: ConvertParams, num_images: int) -> PipelineOptions:
-    """Runner and ``pipeline_args`` from params; DirectRunner parallelism chosen by size."""
-    args = ["--runner", convert.runner]
+    """Runner and ``pipeline_args`` from params; DirectRunner parallelism chosen by size,
+    DaskRunner's scheduler from ``convert.dask_address`` (none: a local cluster)."""
+    user_args = [os.path.expandvars(a) for a in convert.pipeline_args]
+    args = ["--runner", DASK_RUNNER if convert.runner == "dask" else convert.runner]
     if convert.runner == "DirectRunner":
         workers = convert.direct_num_workers or os.cpu_count() or 1
         parallel = workers > 1 and num_images >= MULTIPROCESSING_MIN_IMAGES
         mode = "multi_processing" if parallel else "in_memory"
         args += ["--direct_num_workers", str(workers if parallel else 1),
                  "--direct_running_mode", mode]
+    if convert.runner == "dask":
+        args += ["--dask_client_address", convert.dask_address] if convert.dask_address else []
+        if not any(a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in user_args):
+            # DaskRunner puts 128 elements in one partition (one task): one shard each instead,
+            # so that shards spread over the workers.
+            args += ["--dask_partition_size", "1"]
     # The user's pipeline_args come last so that they win over the defaults above.
     # $VARS are expanded here, so secrets stay in the environment, not in params or dvc.lock.
-    user_args = [os.path.expandvars(a) for a in convert.pipeline_args]
     return PipelineOptions([*args, *redaction.join_secret_values(user_args)])
 
 
@@ -126,6 +137,29 @@ def make_runner(options: PipelineOptions) -> PipelineRunner | None:
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
 
 
+def is_dask(options: PipelineOptions) -> bool:
+    """Whether ``options`` name Beam's DaskRunner (``convert.runner: dask`` or its class path)."""
+    return options.view_as(StandardOptions).runner == DASK_RUNNER
+
+
+def run_pipeline(pipeline: beam.Pipeline, options: PipelineOptions) -> PipelineResult:
+    """Run ``pipeline`` to the end; on Dask, refuse a graph Dask would run differently
+    (PipelineError naming the steps) and close the client (and a local cluster) afterwards."""
+    if is_dask(options):
+        problems = dask_problems(pipeline)
+        if problems:
+            raise PipelineError("this conversion graph cannot run on Beam's DaskRunner (its "
+                                "output would differ): " + "; ".join(problems))
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # DaskRunnerResult holds a dask Client
+        if client is not None:
+            client.close()  # also stops the local cluster the client started, if any
+    return result
+
+
 def _convert_into(
     partial: Path, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
     label_map: LabelMap, shards: Mapping[str, int],
@@ -134,11 +168,10 @@ def _convert_into(
     options = pipeline_options(convert, len(records))
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build_pipeline(pipeline, records, partial, label_map, shards, data.size_mismatch)
-    result = pipeline.run()
-    result.wait_until_finish()
-    issues, summaries = read_side_outputs(partial / WORK_DIR)
+    result = run_pipeline(pipeline, options)
+    issues, summaries, counted = read_results(partial / WORK_DIR)
     report = build_report(data, label_map, records, summaries, issues, shards)
-    report["counters"] = beam_counters(result)
+    report["counters"] = beam_counters(result, counted)
     _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
     shutil.rmtree(partial / WORK_DIR)
     write_label_map(label_map, partial / layout.LABEL_MAP)
@@ -148,10 +181,18 @@ def _convert_into(
     return report
 
 
-def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+def beam_counters(result: PipelineResult, counted: Mapping[str, int] | None = None
+                  ) -> dict[str, int]:
     """The pipeline's ``convert`` counters ({name: committed value}): every fix and skip by
-    reason, ``images_written`` and ``shards_written``, as the runner (any runner) counted them."""
-    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    reason, ``images_written`` and ``shards_written``, as the runner counted them. A runner
+    without metrics (DaskRunner) gets ``counted``: the same counts taken from the results."""
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except NotImplementedError:
+        if counted is None:
+            raise
+        log.info("the runner has no metrics: counters taken from the pipeline's results")
+        return dict(sorted(counted.items()))
     totals: Counter[str] = Counter()
     for counter in query["counters"]:
         totals[counter.key.metric.name] += counter.committed or 0
