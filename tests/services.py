@@ -82,3 +82,17 @@ def dask_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
         with Client(address, timeout=START_TIMEOUT) as client:
             client.wait_for_workers(workers, timeout=START_TIMEOUT)
         yield address
+
+
+#: Credentials of the local S3 server (moto accepts any): test values, not secrets.
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def s3_server(folder: Path) -> Iterator[str]:
+    """``moto_server`` (an S3-compatible server) on 127.0.0.1; yields its endpoint URL."""
+    port = free_port()
+    with service([venv_tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                 folder / "moto.log", port_open(port)):
+        yield f"http://127.0.0.1:{port}"

@@ -4,36 +4,40 @@ The driver reads the annotation metadata (small: no image is opened) into record
 (:class:`~pipeline.core.records.ImageRecord`) with the reader of ``data.format``, builds the
 label map and deals the records into shards. The Beam graph (:mod:`pipeline.data.beam`) then writes
 each shard on a worker, through the per-image checks of :mod:`pipeline.data.checks`; the report
-(:mod:`pipeline.data.health`) is built from its side outputs and counters.
+(:mod:`pipeline.data.health`) is built from its results and counters.
 
 Everything is written to ``<output>.partial`` first and renamed to ``<output>`` only once the
 run and the report are complete, so an interrupted run never leaves output that looks done.
+The dataset and the output may be remote (``s3://``, ``gs://``...): every path goes through
+Beam's ``FileSystems`` (:mod:`pipeline.data.storage`, which also says how a remote output is
+published).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineRunner
 
 from pipeline.core import layout, redaction
 from pipeline.core.errors import PipelineError
-from pipeline.core.files import staged_output, write_json_atomic, write_text_atomic
 from pipeline.core.params import ConvertParams, DataParams
 from pipeline.core.records import SPLITS, ImageRecord
 from pipeline.data.beam import (
     METRICS_NAMESPACE, WORK_DIR, build_pipeline, dask_problems, read_results,
 )
 from pipeline.data.health import build_report, report_markdown, write_plots
-from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
+from pipeline.data.labelmap import LabelMap, build_label_map, label_map_text
+from pipeline.data import storage
 from pipeline.data.readers import registry
 
 log = logging.getLogger(__name__)
@@ -51,17 +55,21 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 def convert_dataset(
-    data: DataParams, convert: ConvertParams, output_dir: Path, *,
+    data: DataParams, convert: ConvertParams, output_dir: str | Path, *,
     images: str | None = None, annotations: str | None = None,
 ) -> dict:
-    """Read the dataset, run the Beam conversion, write everything to ``output_dir``.
+    """Read the dataset, run the Beam conversion, write everything to ``output_dir`` (a local
+    folder or a URL).
 
     ``images`` / ``annotations`` name the folders (or COCO file) of a flat layout instead of
     ``data.root``. Returns the report (also written as ``data_report.json``). Raises
     PipelineError when the dataset cannot be read or the train split ends up empty.
     """
     inputs = [p for p in (data.root, images, annotations) if p]
-    with staged_output(output_dir, inputs) as partial:  # refuses a foreign folder before work
+    # The driver reads and writes remote storage too: its FileSystems take the pipeline's
+    # options (e.g. --s3_endpoint_url), as the runner's workers do.
+    FileSystems.set_options(pipeline_options(convert, 0))
+    with storage.staged_folder(output_dir, inputs) as partial:  # refuses a foreign folder before work
         records = read_dataset(data, images, annotations)
         label_map = build_label_map(data.classes, records)
         check_unknown_classes(records, label_map, data)
@@ -74,7 +82,7 @@ def read_dataset(
     data: DataParams, images: str | None = None, annotations: str | None = None
 ) -> list[ImageRecord]:
     """Records of every split, from the reader of ``data.format``."""
-    root = Path(data.root)
+    root = storage.path(data.root)
     if not (images or annotations) and not root.is_dir():
         raise PipelineError(f"dataset root {root} does not exist (data.root or --input)")
     return registry.reader(data.format)(root, data, images, annotations)
@@ -161,7 +169,7 @@ def run_pipeline(pipeline: beam.Pipeline, options: PipelineOptions) -> PipelineR
 
 
 def _convert_into(
-    partial: Path, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
+    partial: str, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
     label_map: LabelMap, shards: Mapping[str, int],
 ) -> dict:
     log.info("converting %d images (shards: %s) to %s", len(records), dict(shards), partial)
@@ -169,15 +177,18 @@ def _convert_into(
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build_pipeline(pipeline, records, partial, label_map, shards, data.size_mismatch)
     result = run_pipeline(pipeline, options)
-    issues, summaries, counted = read_results(partial / WORK_DIR)
+    work = storage.join(partial, WORK_DIR)
+    issues, summaries, counted = read_results(work)
     report = build_report(data, label_map, records, summaries, issues, shards)
     report["counters"] = beam_counters(result, counted)
     _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
-    shutil.rmtree(partial / WORK_DIR)
-    write_label_map(label_map, partial / layout.LABEL_MAP)
-    report["plots"] = write_plots(report, partial / layout.DATA_PLOTS_DIR)
-    write_json_atomic(partial / layout.DATA_REPORT_JSON, report)
-    write_text_atomic(partial / layout.DATA_REPORT_MD, report_markdown(report))
+    storage.delete_folder(work)
+    storage.write_text(storage.join(partial, layout.LABEL_MAP), label_map_text(label_map))
+    report["plots"] = write_plots(report, storage.join(partial, layout.DATA_PLOTS_DIR))
+    storage.write_text(storage.join(partial, layout.DATA_REPORT_MD), report_markdown(report))
+    # The JSON report last: a remote output is published in this order too (storage).
+    storage.write_text(storage.join(partial, layout.DATA_REPORT_JSON),
+                       json.dumps(report, indent=2) + "\n")
     return report
 
 
