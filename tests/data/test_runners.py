@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from apache_beam.runners.dask.dask_runner import DaskOptions
 
-from pipeline.core.params import ConvertParams, DataParams
+from pipeline.core.params import ConvertParams, DataParams, params_from_dict
 from pipeline.data.conversion import DASK_RUNNER, convert_dataset, pipeline_options
 
 from tests.data.helpers import decode_records
-from tests.paths import SHARED
+from tests.paths import ROOT, SHARED
 from tests.services import dask_cluster
 
 DATASETS = {"bccd": DataParams(format="voc", root=str(SHARED / "datasets/bccd_voc/BCCD")),
@@ -77,3 +78,33 @@ def test_dask_cluster_output_equals_direct_runner(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got["decoded"][source_id]["boxes"], want["boxes"])
             assert got["decoded"][source_id]["classes"] == want["classes"]
             assert got["decoded"][source_id]["shape"] == want["shape"]
+
+
+def _documented_convert_params(heading: str) -> dict:
+    """The ``convert:`` params of the first YAML block under ``### heading`` in
+    docs/scale-out.md."""
+    section = (ROOT / "docs/scale-out.md").read_text().split(f"\n### {heading}\n", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(block)["convert"]
+
+
+@pytest.mark.parametrize("heading,runner", [("Dataflow", "DataflowRunner"),
+                                            ("Flink", "FlinkRunner"), ("Spark", "SparkRunner")])
+def test_documented_runner_options_reach_beam(heading: str, runner: str) -> None:
+    """Every option docs/scale-out.md gives for a runner reaches Beam's PipelineOptions with
+    the value written there (these runners cannot run here)."""
+    documented = _documented_convert_params(heading)
+    convert = params_from_dict({"convert": documented}).convert
+    options = pipeline_options(convert, 100_000).get_all_options()
+    assert documented["runner"] == options["runner"] == runner
+    assert len(documented["pipeline_args"]) >= 3
+    for arg in documented["pipeline_args"]:
+        name, value = arg.removeprefix("--").split("=", 1)
+        assert str(options[name]) == value, arg
+
+
+def test_documented_dask_params() -> None:
+    documented = _documented_convert_params("Dask")
+    options = pipeline_options(params_from_dict({"convert": documented}).convert, 10)
+    assert options.get_all_options()["runner"] == DASK_RUNNER
+    assert options.view_as(DaskOptions).address == documented["dask_address"]

@@ -12,6 +12,7 @@ from pipeline.core.params import ConvertParams, DataParams, SampleParams
 from pipeline.data import storage
 from pipeline.data.conversion import convert_dataset
 from pipeline.data.labelmap import read_label_map
+from pipeline.data.readers import registry
 from pipeline.data.readers.voc import read_voc
 from pipeline.data.sample import generate
 
@@ -34,6 +35,12 @@ def test_remote_paths_never_become_pathlib_paths() -> None:
     assert isinstance(storage.path("data/sample"), Path)  # local: a Path, as before
     assert storage.join("data/out", "x") == "data/out/x"
     assert not storage.is_remote("file:///tmp/x") and storage.is_remote("gs://b")
+
+
+def test_yolo_refuses_remote_datasets_with_a_clear_message(tmp_path: Path) -> None:
+    data = DataParams(format="yolo", root="s3://bucket/yolo")
+    with pytest.raises(PipelineError, match="yolo reads local folders only, got s3://bucket/yolo"):
+        registry.reader("yolo")(storage.path(data.root), data)
 
 
 @pytest.mark.slow
