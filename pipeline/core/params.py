@@ -116,7 +116,7 @@ def _pipeline_outputs() -> tuple[str, ...]:
 
 #: Beam runners ``convert.runner`` may name; any other runner by its class path.
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner",
-                "PrismRunner")
+                "PrismRunner", "dask")
 _CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
@@ -127,6 +127,7 @@ class ConvertParams:
     num_shards: StrictInt = Field(0, ge=0, le=10_000)
     runner: StrictStr = "DirectRunner"
     direct_num_workers: StrictInt = Field(0, ge=0, le=1024)
+    dask_address: StrictStr = ""
     pipeline_args: Names = ()
 
     @field_validator("runner")

@@ -225,7 +225,7 @@ def test_the_cli_prints_one_line_for_a_hostile_params_file(tmp_path, capsys):
 # --- runner, experiment name, dataset root (issue 13, 11b) -------------------------------------
 
 @pytest.mark.parametrize("runner", ["DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner",
-                                    "PortableRunner", "PrismRunner",
+                                    "PortableRunner", "PrismRunner", "dask",
                                     "apache_beam.runners.direct.direct_runner.DirectRunner"])
 def test_known_beam_runners_and_class_paths_are_accepted(runner):
     assert params_from_dict({"convert": {"runner": runner}}).convert.runner == runner
@@ -237,7 +237,7 @@ def test_unknown_beam_runners_are_refused(runner):
     with pytest.raises(ParamsError) as err:
         params_from_dict({"convert": {"runner": runner}})
     assert str(err.value) == ("convert.runner must be one of ['DirectRunner', 'DataflowRunner', "
-                              "'FlinkRunner', 'SparkRunner', 'PortableRunner', 'PrismRunner'] or "
+                              "'FlinkRunner', 'SparkRunner', 'PortableRunner', 'PrismRunner', 'dask'] or "
                               f"a runner class path 'module.Class', got {runner!r}")
 
 

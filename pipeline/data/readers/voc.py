@@ -27,6 +27,7 @@ box) does not stop the conversion: its image is skipped and reported with the re
 """
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
 import os
@@ -40,6 +41,7 @@ from lxml import etree
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
+from pipeline.data import storage
 
 if TYPE_CHECKING:  # annotations only: the parse workers import this module, keep it light
     from pipeline.core.params import DataParams
@@ -80,7 +82,7 @@ def read_voc(
 
     With split lists, the images they list, in list order; else every XML found, split by hash.
     """
-    layout = find_layout(Path(root), images, annotations)
+    layout = find_layout(storage.path(root), images, annotations)
     if layout.split_lists is not None:
         listed = [(i, split) for split in splits for i in split_ids(layout.split_lists, split)]
     else:
@@ -121,7 +123,8 @@ def _read_chunk(layout: VocLayout, listed: Sequence[tuple[str, str]]) -> list[Im
 def find_layout(root: Path, images=None, annotations=None) -> VocLayout:
     """The layout of ``root``, or the explicit ``images`` and ``annotations`` folders."""
     if images or annotations:
-        images, annotations = Path(images or annotations), Path(annotations or images)
+        images = storage.path(images or annotations)
+        annotations = storage.path(annotations or images)
         for folder in (images, annotations):
             _require_dir(folder)
         return VocLayout(images.resolve(), annotations.resolve(), recursive=True)
@@ -231,10 +234,20 @@ def resolve_image(layout: VocLayout, image_id: str, filename: str | None) -> str
     When nothing exists the first candidate is returned; the Beam stage reports it as missing
     (or, if it leaves the images folder, as refused). Plain ``os.path``: this runs per image.
     """
+    if isinstance(layout.images, storage.RemotePath):
+        return _resolve_remote_image(layout.images, image_id, filename)
     base = os.path.join(str(layout.images), image_id)
     named = [os.path.join(os.path.dirname(base), filename.strip())] if filename and filename.strip() else []
     candidates = named + [base + ext for ext in IMAGE_EXTENSIONS]
     return next((path for path in candidates if os.path.isfile(path)), candidates[0])
+
+
+def _resolve_remote_image(images: storage.RemotePath, image_id: str, filename: str | None) -> str:
+    """:func:`resolve_image` in remote storage: one existence check per candidate."""
+    base = images / image_id
+    named = [base.parent / filename.strip()] if filename and filename.strip() else []
+    candidates = named + [storage.RemotePath(base.url + ext) for ext in IMAGE_EXTENSIONS]
+    return str(next((path for path in candidates if path.is_file()), candidates[0]))
 
 
 def parse_xml(xml_path: Path) -> etree._Element:
@@ -245,7 +258,9 @@ def parse_xml(xml_path: Path) -> etree._Element:
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                              huge_tree=False)
     try:
-        tree = etree.parse(str(xml_path), parser)
+        source = (io.BytesIO(xml_path.read_bytes())
+                  if isinstance(xml_path, storage.RemotePath) else str(xml_path))
+        tree = etree.parse(source, parser)
     except (etree.XMLSyntaxError, OSError) as err:
         raise AnnotationError("bad_annotation", f"not valid XML ({err})") from err
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
