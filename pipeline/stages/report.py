@@ -76,7 +76,8 @@ def log_to_mlflow(params: Params, model_dir: Path, data_dir: Path, output_dir: P
         from pipeline.tracking import registry
 
         registry.record_registration(journal, params.report.registered_model, model_dir,
-                                     metrics, registry.split_hash(data_dir))
+                                     metrics, registry.split_hash(data_dir),
+                                     test_records.read_label_map(data_dir / layout.LABEL_MAP))
     tracking.finish(journal)
 
 
