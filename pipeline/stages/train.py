@@ -25,6 +25,7 @@ from pipeline.core import compat, layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.tracking import journal as tracking
+from pipeline.tracking.metrics import tracked_points
 from pipeline.training.curves import read_scalars
 from pipeline.training.inputs import TrainingRun
 from pipeline.training.loop import SegmentedTraining
@@ -76,12 +77,10 @@ class JournalCallbacks:
         self.journal.send()
 
     def on_evaluation(self, step: int, metrics: dict | None) -> None:
-        """Every TF event scalar so far (the journal skips the points it has)."""
-        points = [(f"{kind}/{tag}", point_step, value)
-                  for kind in ("train", "eval")
-                  for tag, series in read_scalars(self.args.model_dir / kind).items()
-                  for point_step, value in series]
-        self.journal.metrics(points)
+        """Every TF event scalar so far, under readable names and without pycocotools' -1
+        for empty buckets (the journal skips the points it has)."""
+        self.journal.metrics([point for kind in ("train", "eval") for point in
+                              tracked_points(kind, read_scalars(self.args.model_dir / kind))])
         self.journal.send()
 
     def on_best_checkpoint(self, step: int, folder: Path) -> None:

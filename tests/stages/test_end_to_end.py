@@ -147,7 +147,7 @@ def test_one_training_run_holds_params_and_curves_its_report_run_the_test_metric
     run_data = runs[0].data
     assert run_data.params["train.batch_size"] == "4"
     assert run_data.params["model.name"] == "ssd_mobilenet_v2_fpnlite_cpu"
-    assert "train/Loss/total_loss" in run_data.metrics
+    assert "train/loss/total" in run_data.metrics
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"pipeline.config", "label_map.pbtxt", "data_report.json"} <= artifacts
     # export and report: runs nested under the training run, the newest named by a tag
