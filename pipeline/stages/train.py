@@ -102,9 +102,10 @@ def record_run_inputs(journal: tracking.RunJournal, args: argparse.Namespace,
     """Params (pipeline params and the resolved pipeline.config), tags and input artifacts."""
     journal.params({**tracking.flatten_params(params, PARAM_SECTIONS),
                     **flatten_config(args.config)})
+    digest = provenance.dataset_hash(Path(layout.DVC_LOCK), args.data)
     journal.tags({"model.name": params.model.name, "git.commit": provenance.git_commit(),
-                  "dataset.md5": provenance.dataset_hash(Path(layout.DVC_LOCK), args.data),
-                  "mlflow.runName": "train"})
+                  "dataset.md5": digest, "mlflow.runName": provenance.run_name(params)})
+    journal.dataset(provenance.dataset_name(params), digest, args.data, "training")
     for path in (args.config, *data_artifacts(args.data)):
         journal.artifact(path)
 

@@ -41,6 +41,16 @@ def dataset_hash(lock_file: Path, data_dir: Path) -> str:
     return "unknown"
 
 
+def dataset_name(params: Params) -> str:
+    """The dataset's name: the last folder of ``data.root`` (``raccoon``, ``sample``)."""
+    return Path(params.data.root).resolve().name
+
+
+def run_name(params: Params) -> str:
+    """The name of the run of a pipeline execution: ``<model template> on <dataset>``."""
+    return f"{params.model.name} on {dataset_name(params)}"
+
+
 def report_provenance(params: Params, model_dir: Path, data_dir: Path) -> list[tuple[str, str]]:
     """``(label, value)`` rows saying what produced a report of ``model_dir`` on ``data_dir``."""
     run_id = read_run_file(model_dir)
