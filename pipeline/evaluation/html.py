@@ -1,5 +1,8 @@
-"""One self-contained HTML page for the test-set report: tables plus every PNG embedded (base64),
-so the single file can be mailed, attached to a ticket or opened from MLflow's artifact view.
+"""One self-contained HTML page for the test-set report: what produced it, tables, the training
+curves, plots and pictures embedded (base64), so the single file can be mailed, attached to a
+ticket or opened from MLflow's artifact view. Pictures of test images are scaled to at most
+:data:`PHOTO_MAX_SIDE` pixels and JPEG-compressed, so the page stays small (at most about 70 KB
+per picture) whatever the size of the test images.
 
 The page is the Jinja2 template ``templates/report.html.j2`` of this package, rendered with
 autoescaping: every value from the data (class names, file names in captions) is HTML-escaped.
@@ -7,6 +10,7 @@ autoescaping: every value from the data (class names, file names in captions) is
 from __future__ import annotations
 
 import base64
+import io
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +20,11 @@ import jinja2
 from pipeline.evaluation.coco import SUMMARY_KEYS
 
 TEMPLATE = "report.html.j2"
+#: Longest side of an embedded picture, pixels: the page's column is 1100 px wide and shows
+#: pictures side by side; a ground truth | prediction pair stays readable at 640.
+PHOTO_MAX_SIDE = 640
+#: JPEG quality of embedded pictures: boxes and labels stay sharp, about 1/10 of the raw size.
+PHOTO_JPEG_QUALITY = 85
 _SUMMARY_LABELS = {
     "map": "AP @[.5:.95]", "map_50": "AP @.5", "map_75": "AP @.75", "map_small": "AP small",
     "map_medium": "AP medium", "map_large": "AP large", "mar_1": "AR maxDets 1",
@@ -35,13 +44,17 @@ figcaption{font-size:.85em;color:#555} img{max-width:100%}
 
 
 def render(metrics: dict[str, Any], plots: Sequence[Path], samples: Sequence[tuple[str, Path]],
-           worst: Sequence[tuple[str, Path]], title: str = "Test-set report") -> str:
-    """The HTML page; ``samples``/``worst`` are ``(caption, png)`` pairs."""
+           worst: Sequence[tuple[str, Path]], title: str = "Test-set report",
+           about: Sequence[tuple[str, str]] = (), curves: bytes | None = None) -> str:
+    """The HTML page; ``samples``/``worst`` are ``(caption, png)`` pairs, ``about`` the
+    ``(label, value)`` rows saying what produced the report, ``curves`` the PNG of the training
+    curves (none: no section)."""
     return _template().render(
-        title=title, style=_STYLE, m=metrics, cards=_headline(metrics),
+        title=title, style=_STYLE, m=metrics, cards=_headline(metrics), about=about,
         summary=[(key, _SUMMARY_LABELS[key]) for key in SUMMARY_KEYS],
+        curves=curves and _embedded(curves, "training curves", "image/png"),
         plots=[_figure(p, p.stem.replace("_", " ")) for p in plots],
-        samples=[_figure(p, c) for c, p in samples], worst=[_figure(p, c) for c, p in worst])
+        samples=[_photo(p, c) for c, p in samples], worst=[_photo(p, c) for c, p in worst])
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +77,23 @@ def _headline(m: dict) -> list[tuple[str, str]]:
 
 
 def _figure(png: Path, caption: str) -> dict[str, str]:
-    return {"caption": caption, "data": base64.b64encode(Path(png).read_bytes()).decode("ascii")}
+    return _embedded(Path(png).read_bytes(), caption, "image/png")
+
+
+def _photo(picture: Path, caption: str) -> dict[str, str]:
+    """A picture scaled to :data:`PHOTO_MAX_SIDE` and embedded as JPEG."""
+    from PIL import Image
+
+    with Image.open(picture) as image:
+        rgb = image.convert("RGB")
+    rgb.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=PHOTO_JPEG_QUALITY, optimize=True)
+    return _embedded(buffer.getvalue(), caption, "image/jpeg")
+
+
+def _embedded(data: bytes, caption: str, mime: str) -> dict[str, str]:
+    return {"caption": caption, "mime": mime, "data": base64.b64encode(data).decode("ascii")}
 
 
 def _number(value: Any, digits: int = 3) -> str:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,8 +36,11 @@ class Pictures:
 
 
 def write_all(output_dir: Path, metrics: dict, groundtruth: dict, results: list[dict],
-              evaluator: Any, matrix: ConfusionResult, pictures: Pictures) -> None:
-    """Write every report file into ``output_dir``, ``metrics.json`` last."""
+              evaluator: Any, matrix: ConfusionResult, pictures: Pictures,
+              about: Sequence[tuple[str, str]] = ()) -> None:
+    """Write every report file into ``output_dir``, ``metrics.json`` last; the page shows
+    ``about`` (what produced the report) and the training curves the train stage wrote into
+    the same folder (``train_curves.csv``, ``eval_curves.csv``) when they are there."""
     coco_eval.save_coco(groundtruth, results, output_dir)
     write_per_class_csv(output_dir / layout.PER_CLASS_CSV, metrics["per_class"])
     write_per_class_markdown(output_dir / layout.PER_CLASS_MD, metrics["per_class"])
@@ -48,7 +52,9 @@ def write_all(output_dir: Path, metrics: dict, groundtruth: dict, results: list[
     plot_confusion(plots / f"{layout.CONFUSION_MATRIX}.png", matrix, metrics["confusion"])
     samples, worst = draw_pictures(output_dir / layout.REPORT_IMAGES_DIR, pictures, matrix.errors_per_image)
     page = html_report.render(metrics, [plots / f"{layout.PR_CURVE}.png", plots / f"{layout.CONFUSION_MATRIX}.png"],
-                              samples, worst)
+                              samples, worst, about=about,
+                              curves=training_curves_png(output_dir / layout.TRAIN_CURVES.name,
+                                                         output_dir / layout.EVAL_CURVES.name))
     files.write_text_atomic(output_dir / layout.REPORT_HTML, page)
     files.write_json_atomic(output_dir / layout.METRICS_FILE, metrics)  # last: marks a finished report
 
@@ -97,6 +103,47 @@ def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100)
+
+
+def training_curves_png(train_csv: Path, eval_csv: Path) -> bytes | None:
+    """The training losses (and the val loss) and the val mAPs over steps, as PNG bytes for the
+    page (not a report file: DVC renders the same CSVs); None when neither CSV exists."""
+    train, evaluation = _read_columns(train_csv), _read_columns(eval_csv)
+    if not train and not evaluation:
+        return None
+    figure = _figure(11, 4)
+    losses, maps = figure.subplots(1, 2)
+    for name, points in train.items():
+        if "loss" in name.lower():
+            losses.plot(*zip(*points), label=f"train {name}")
+    if "val_loss" in evaluation:
+        losses.plot(*zip(*evaluation["val_loss"]), "o-", label="val loss")
+    for name, points in evaluation.items():
+        if name != "val_loss":
+            maps.plot(*zip(*points), "o-", label=f"val {name}")
+    losses.set(xlabel="step", title="Losses")
+    maps.set(xlabel="step", ylim=(0, 1), title="Validation mAP / mAR (COCO)")
+    for axes in (losses, maps):
+        axes.grid(alpha=0.3)
+        if axes.lines:
+            axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _read_columns(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """``{column: [(step, value)]}`` of a curves CSV (empty cells skipped; no file: {})."""
+    if not path.is_file():
+        return {}
+    columns: dict[str, list[tuple[float, float]]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            for name, value in row.items():
+                if name != "step" and value not in ("", None):
+                    columns.setdefault(name, []).append((float(row["step"]), float(value)))
+    return columns
 
 
 #: Classes named in the PR plot's legend; with more, per_class.csv/.md give each class's AP.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -82,6 +82,7 @@ class Detector:
         self._signature = signature
         self._owner = owner  # the loaded SavedModel: keeps the signature's variables alive
         (self._arg, spec), = signature.structured_input_signature[1].items()
+        self.takes_batches = bool(spec.shape.rank) and spec.shape[0] is None
         if spec.dtype == tf.uint8:
             self.input_type = "image_tensor"
         elif _parses_examples(signature):
@@ -138,11 +139,24 @@ class Detector:
 
     def __call__(self, inputs: tf.Tensor) -> Detections:
         """Run the model on a batch of one; its valid detections, best first."""
+        return Detections.from_outputs(self._run(inputs))
+
+    def detect_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Each uint8 RGB image's detections: one call for the whole batch when the signature
+        takes batches (encoded images, tf.Examples) and the images share a shape (the exporter
+        stacks them), else one call per image (``image_tensor`` signatures take batch 1)."""
+        if not self.takes_batches or len({np.shape(image) for image in images}) != 1:
+            return [self(self.image_input(image)) for image in images]
+        outputs = self._run(tf.concat([self.image_input(image) for image in images], axis=0))
+        return [Detections.from_outputs({key: value[i:i + 1] for key, value in outputs.items()})
+                for i in range(len(images))]
+
+    def _run(self, inputs: tf.Tensor) -> dict[str, np.ndarray]:
         outputs = self._signature(**{self._arg: inputs})
         missing = [key for key in DETECTION_KEYS if key not in outputs]
         if missing:
             raise PipelineError(f"exported model returned no {missing}; got {sorted(outputs)}")
-        return Detections.from_outputs({key: outputs[key].numpy() for key in DETECTION_KEYS})
+        return {key: outputs[key].numpy() for key in DETECTION_KEYS}
 
 
 def _parses_examples(signature: Any) -> bool:

@@ -12,7 +12,8 @@ image at a time (batch 1, as a deployed detector would) and writes into ``OUTPUT
   evaluation succeeded.
 - ``groundtruth.json`` and ``detections.json``: the COCO files the metrics come from
   (re-scoring them with plain pycocotools gives the same numbers).
-- ``per_class.csv`` / ``per_class.md``, ``report.html`` (self-contained: every image embedded),
+- ``per_class.csv`` / ``per_class.md``, ``report.html`` (self-contained: what produced it, the
+  training curves when ``OUTPUT`` holds the train stage's CSVs, every image embedded),
   ``plots/pr_curve.png`` + ``.csv``, ``plots/confusion_matrix.png`` + ``.csv`` and
   ``images/sample_*.png`` / ``images/worst_*.png`` (ground truth left, predictions right).
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline.core import layout
 from pipeline.core.params import Params, ReportParams
@@ -36,6 +37,7 @@ from pipeline.evaluation import test_records
 from pipeline.evaluation import voc as voc_eval
 from pipeline.odapi.detector import Detector
 from pipeline.tracking import journal as tracking
+from pipeline.tracking import provenance
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     """Evaluate, log to MLflow, register the model; return the metrics of ``metrics.json``."""
-    metrics = evaluate(args.model, args.data, args.output, params.report)
+    about = provenance.report_provenance(params, Path(args.model), Path(args.data))
+    metrics = evaluate(args.model, args.data, args.output, params.report, about)
     log_to_mlflow(params, Path(args.model), Path(args.data), Path(args.output), metrics)
     log.info("mAP %s, mAP@0.5 %s, %s images/s on %d test images; wrote %s",
              _fmt(metrics["map"]), _fmt(metrics["map_50"]), _fmt(metrics["images_per_second"]),
@@ -76,13 +79,16 @@ def log_to_mlflow(params: Params, model_dir: Path, data_dir: Path, output_dir: P
         from pipeline.tracking import registry
 
         registry.record_registration(journal, params.report.registered_model, model_dir,
-                                     metrics, registry.split_hash(data_dir))
+                                     metrics, registry.split_hash(data_dir),
+                                     test_records.read_label_map(data_dir / layout.LABEL_MAP))
     tracking.finish(journal)
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, output_dir: str | Path,
-             settings: ReportParams = ReportParams()) -> dict[str, Any]:
-    """Run the model on every test record, score it and write the report files."""
+             settings: ReportParams = ReportParams(),
+             about: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Run the model on every test record, score it and write the report files (the page
+    says what produced it: ``about``)."""
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     files = test_records.find_test_records(data_dir)
     categories = test_records.read_label_map(data_dir / layout.LABEL_MAP)
@@ -111,7 +117,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_dir: str | Path
                              report_outputs.Pictures(run.truths, run.detections, run.images,
                                                      categories, settings.sample_images,
                                                      settings.worst_images,
-                                                     settings.score_threshold))
+                                                     settings.score_threshold), about)
     return metrics
 
 

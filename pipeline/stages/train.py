@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 from pathlib import Path
-
-import yaml
 
 from pipeline.core import compat, layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.tracking import journal as tracking
+from pipeline.tracking import provenance
+from pipeline.tracking.metrics import tracked_points
 from pipeline.training.curves import read_scalars
 from pipeline.training.inputs import TrainingRun
 from pipeline.training.loop import SegmentedTraining
@@ -76,12 +75,10 @@ class JournalCallbacks:
         self.journal.send()
 
     def on_evaluation(self, step: int, metrics: dict | None) -> None:
-        """Every TF event scalar so far (the journal skips the points it has)."""
-        points = [(f"{kind}/{tag}", point_step, value)
-                  for kind in ("train", "eval")
-                  for tag, series in read_scalars(self.args.model_dir / kind).items()
-                  for point_step, value in series]
-        self.journal.metrics(points)
+        """Every TF event scalar so far, under readable names and without pycocotools' -1
+        for empty buckets (the journal skips the points it has)."""
+        self.journal.metrics([point for kind in ("train", "eval") for point in
+                              tracked_points(kind, read_scalars(self.args.model_dir / kind))])
         self.journal.send()
 
     def on_best_checkpoint(self, step: int, folder: Path) -> None:
@@ -105,9 +102,10 @@ def record_run_inputs(journal: tracking.RunJournal, args: argparse.Namespace,
     """Params (pipeline params and the resolved pipeline.config), tags and input artifacts."""
     journal.params({**tracking.flatten_params(params, PARAM_SECTIONS),
                     **flatten_config(args.config)})
-    journal.tags({"model.name": params.model.name, "git.commit": git_commit(),
-                  "dataset.md5": dataset_hash(Path(layout.DVC_LOCK), args.data),
-                  "mlflow.runName": "train"})
+    digest = provenance.dataset_hash(Path(layout.DVC_LOCK), args.data)
+    journal.tags({"model.name": params.model.name, "git.commit": provenance.git_commit(),
+                  "dataset.md5": digest, "mlflow.runName": provenance.run_name(params)})
+    journal.dataset(provenance.dataset_name(params), digest, args.data, "training")
     for path in (args.config, *data_artifacts(args.data)):
         journal.artifact(path)
 
@@ -137,27 +135,3 @@ def flatten_config(config: Path) -> dict[str, str]:
 
     walk(json_format.MessageToDict(message, preserving_proto_field_name=True), "config")
     return flat
-
-
-def git_commit() -> str:
-    """The repository's HEAD commit (with ``-dirty`` for uncommitted changes), or ``unknown``."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
-def dataset_hash(lock_file: Path, data_dir: Path) -> str:
-    """The md5 DVC recorded in ``dvc.lock`` for ``data_dir`` (``unknown`` outside DVC)."""
-    if not lock_file.is_file():
-        return "unknown"
-    stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {})
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            if Path(out.get("path", "")) == data_dir:
-                return out.get("md5", "unknown")
-    return "unknown"

@@ -16,6 +16,10 @@ from pipeline.core.redaction import redact
 
 log = logging.getLogger(__name__)
 
+#: The experiment tag MLflow 3's UI reads to choose its view; without it an experiment may open
+#: in the GenAI (traces) view. ``custom_model_development`` is its model-training view.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 
 def tracking_uri(settings: MlflowParams) -> str:
     """The tracking URI in effect (``MLFLOW_TRACKING_URI`` wins over params)."""
@@ -49,7 +53,7 @@ def start_run(settings: MlflowParams, stage: str, run_id: str | None = None) -> 
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(settings))
-    mlflow.set_experiment(settings.experiment)
+    mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(), settings.experiment))
     if run_id and not _client_has_run(mlflow.MlflowClient(), run_id):
         log.warning("MLflow run %s is not in %s; recording stage %s in a new run",
                     run_id, shown_uri(settings), stage)
@@ -59,6 +63,17 @@ def start_run(settings: MlflowParams, stage: str, run_id: str | None = None) -> 
         if not run_id:
             mlflow.set_tag("pipeline.stage", stage)
         yield mlflow
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of the experiment ``name`` (created if needed), shown as a model-training
+    experiment: tagged :data:`MODEL_TRAINING` unless its kind was set already."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
 
 
 def file_sha256(path: Path) -> str:

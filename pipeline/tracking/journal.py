@@ -40,6 +40,7 @@ from pipeline.core import files
 from pipeline.core.params import MlflowParams, Params
 from pipeline.core.redaction import redact
 from pipeline.tracking.client import _client_has_run, configure_client, shown_uri, tracking_uri
+from pipeline.tracking.client import experiment_id as get_experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class RunJournal:
     Each line is one record: ``{"kind": "metric", "key", "value", "step", "timestamp"}``,
     ``{"kind": "param"|"tag", "key", "value"}``, ``{"kind": "artifact", "path", "artifact_path"}``,
     ``{"kind": "parent", "run_id"|"directory"}`` (the run is nested under that run),
+    ``{"kind": "input", "name", "digest", "source", "context"}`` (a dataset the run used),
     ``{"kind": "register", ...}`` (see :mod:`pipeline.tracking.registry`) or ``{"kind": "status",
     "value"}``. ``mlflow_journal.sent`` counts the records already sent, so :meth:`send` is
     cheap to call often and sends each record once. A torn last line (a crash mid-write) is
@@ -191,6 +193,12 @@ class RunJournal:
             path = copy
         self._append([{"kind": "artifact", "path": str(path.resolve()),
                        "artifact_path": artifact_path}])
+
+    def dataset(self, name: str, digest: str, source: Path, context: str) -> None:
+        """Record a dataset input of the run (MLflow's ``log_input``): ``name``, a ``digest``
+        of its content, where it is (``source``) and what the run used it for (``context``)."""
+        self._append([{"kind": "input", "name": name, "digest": digest,
+                       "source": str(Path(source).resolve()), "context": context}])
 
     def parent(self, directory: Path) -> None:
         """Nest this run under the run of ``directory`` (its run file, or its link).
@@ -266,13 +274,16 @@ class RunJournal:
         client = MlflowClient(tracking_uri(self.settings))
         run_id = self._run_id(client, records)
         by_kind = {kind: [r for r in pending if r["kind"] == kind]
-                   for kind in ("param", "tag", "metric", "artifact", "register", "status")}
+                   for kind in ("param", "tag", "metric", "input", "artifact", "register",
+                                "status")}
         for chunk in _chunks(by_kind["param"], _BATCH_PARAMS):
             client.log_batch(run_id, params=[Param(r["key"], r["value"]) for r in chunk])
         client.log_batch(run_id, tags=[RunTag(r["key"], r["value"]) for r in by_kind["tag"]])
         for chunk in _chunks(by_kind["metric"], _BATCH_METRICS):
             client.log_batch(run_id, metrics=[
                 Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
+        if by_kind["input"]:
+            client.log_inputs(run_id, datasets=[_dataset_input(r) for r in by_kind["input"]])
         for record in by_kind["artifact"]:
             client.log_artifact(run_id, record["path"], record["artifact_path"])
         if by_kind["register"]:
@@ -292,9 +303,7 @@ class RunJournal:
         if run_id:
             log.warning("MLflow run %s is not in %s; starting a new run",
                         run_id, shown_uri(self.settings))
-        experiment = client.get_experiment_by_name(self.settings.experiment)
-        experiment_id = (experiment.experiment_id if experiment
-                         else client.create_experiment(self.settings.experiment))
+        experiment_id = get_experiment_id(client, self.settings.experiment)
         parent = self._parent_run_id(client, records)
         tags = {"pipeline.stage": self.stage, f"pipeline.stage.{self.stage}": "done",
                 **({PARENT_TAG: parent} if parent else {})}
@@ -351,6 +360,14 @@ def pending_journals(settings: MlflowParams) -> list[RunJournal]:
         stage = path.parent.name.split("-")[1] if path.parent.name.count("-") >= 2 else "stage"
         journals.append(RunJournal(settings, path.parent, stage, copy_artifacts=True))
     return journals
+
+
+def _dataset_input(record: dict) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(record["name"], record["digest"], "local",
+                      json.dumps({"uri": record["source"]}))
+    return DatasetInput(dataset, [InputTag("mlflow.data.context", record["context"])])
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

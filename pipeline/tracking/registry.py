@@ -2,7 +2,9 @@
 
 The export directory is logged as an MLflow pyfunc (the code of :mod:`pipeline.odapi.serving`,
 running ``saved_model/`` through :class:`pipeline.odapi.detector.Detector`) in the report's run
-and registered under ``report.registered_model``. The version is tagged with its test ``map`` and
+and registered under ``report.registered_model``, with the project modules it imports
+(:data:`SERVING_MODULES`, as MLflow ``code_paths``: it loads and serves without the repository),
+its class names, a signature and an input example. The version is tagged with its test ``map`` and
 the hash of the test split's content (:func:`split_hash`). The report journals the
 registration (:func:`record_registration`); it happens when the journal is sent, or later
 through ``sync-mlflow`` if the server was down.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import shutil
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +37,16 @@ log = logging.getLogger(__name__)
 #: with (TF_USE_LEGACY_KERAS), NumPy carries the arrays in and out.
 SERVING_PACKAGES = ("tensorflow", "tf-keras", "numpy")
 
+#: The project modules the pyfunc loads (:mod:`pipeline.odapi.serving`'s imports and the packages
+#: Python runs first), shipped with the model so that it needs no repository; a test checks the
+#: list against the static import graph.
+SERVING_MODULES = ("pipeline", "pipeline.core", "pipeline.core.compat", "pipeline.core.errors",
+                   "pipeline.core.layout", "pipeline.core.logs", "pipeline.odapi",
+                   "pipeline.odapi.detector", "pipeline.odapi.serving")
+#: The input example logged with the model: one small black RGB image (the signature accepts
+#: any size); kept tiny because MLflow stores it as JSON and runs the model on it when logging.
+EXAMPLE_SHAPE = (1, 32, 32, 3)
+
 CHAMPION = "champion"
 MAP_TAG = "test_map"
 SPLIT_TAG = "test_split_sha256"
@@ -49,6 +63,35 @@ def serving_code() -> str:
 def serving_requirements() -> list[str]:
     """``name==version`` of each of :data:`SERVING_PACKAGES` as installed here."""
     return [f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES]
+
+
+def copy_serving_modules(destination: Path) -> Path:
+    """Copy :data:`SERVING_MODULES` into ``destination/pipeline`` (the package layout kept, so
+    MLflow's ``code/`` folder on ``sys.path`` makes them importable); returns that folder."""
+    root = Path(importlib.util.find_spec("pipeline").origin).parent
+    for name in SERVING_MODULES:
+        source = Path(importlib.util.find_spec(name).origin)
+        target = Path(destination) / source.relative_to(root.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return Path(destination) / root.name
+
+
+def serving_signature() -> Any:
+    """The pyfunc's signature: uint8 images ``[N, H, W, 3]`` in, the arrays of
+    :func:`pipeline.odapi.serving.as_arrays` out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    float32 = np.dtype(np.float32)
+    outputs = [TensorSpec(float32, (-1, -1, 4), "detection_boxes"),
+               TensorSpec(float32, (-1, -1), "detection_scores"),
+               TensorSpec(float32, (-1, -1), "detection_classes"),
+               TensorSpec(np.dtype(str), (-1, -1), "detection_class_names"),
+               TensorSpec(float32, (-1,), "num_detections")]
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                          outputs=Schema(outputs))
 
 
 def split_hash(data_dir: str | Path) -> str:
@@ -92,8 +135,9 @@ def _record_digest(serialized: bytes) -> bytes:
 
 
 def record_registration(journal: RunJournal, name: str, model_dir: Path,
-                        metrics: dict, test_split: str) -> None:
-    """Journal the registration of ``model_dir`` as a new version of ``name``.
+                        metrics: dict, test_split: str, classes: dict[int, str]) -> None:
+    """Journal the registration of ``model_dir`` as a new version of ``name`` (``classes``:
+    the label map, so that the served model names what it detects).
 
     It is done when the journal is sent (:func:`replay`), so a tracking server that is down
     delays it to ``sync-mlflow`` instead of losing it.
@@ -101,6 +145,7 @@ def record_registration(journal: RunJournal, name: str, model_dir: Path,
     graph = Path(model_dir).resolve() / layout.SAVED_MODEL_DIR / layout.SAVED_MODEL_GRAPH
     journal.register({"name": name, "model_dir": str(Path(model_dir).resolve()),
                       "map": metrics["map"], "test_split": test_split,
+                      "classes": {str(k): v for k, v in classes.items()},
                       "saved_model_sha256": tracking.file_sha256(graph)})
 
 
@@ -115,20 +160,27 @@ def replay(settings: MlflowParams, run_id: str, record: dict) -> dict | None:
         log.warning("not registered as %s: the model reported in run %s is no longer at %s "
                     "(exported again since?)", record["name"], run_id, model_dir)
         return None
+    # journals written before class names were recorded give ids as names
     return register(settings, record["name"], run_id, model_dir, {"map": record["map"]},
-                    record["test_split"])
+                    record["test_split"], record.get("classes") or {})
 
 
 def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: Path,
-             metrics: dict, test_split: str) -> dict:
+             metrics: dict, test_split: str, classes: dict | None = None) -> dict:
     """Log and register the model as a new version; move ``champion`` if it wins.
 
     Returns ``{"version", "champion" (bool), "reason"}``.
     """
-    with tracking.start_run(settings, "register", run_id=run_id) as mlflow:
+    import numpy as np
+
+    with (tempfile.TemporaryDirectory() as code,
+          tracking.start_run(settings, "register", run_id=run_id) as mlflow):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=serving_code(),
             artifacts={layout.SAVED_MODEL_DIR: str(Path(model_dir) / layout.SAVED_MODEL_DIR)},
+            code_paths=[str(copy_serving_modules(Path(code)))],
+            model_config={"classes": {str(k): v for k, v in (classes or {}).items()}},
+            signature=serving_signature(), input_example=np.zeros(EXAMPLE_SHAPE, np.uint8),
             pip_requirements=serving_requirements(), registered_model_name=name)
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

@@ -1,7 +1,13 @@
 """The HTML report page (Jinja2 template): content, and every value from the data escaped."""
 from __future__ import annotations
 
+import base64
+import io
+import re
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from pipeline.evaluation import html
 from pipeline.evaluation.coco import SUMMARY_KEYS
@@ -15,8 +21,17 @@ def _metrics(per_class: dict, **extra) -> dict:
             "images_per_second": None, "num_images": 7, **extra}
 
 
-def _png(path: Path) -> Path:
-    path.write_bytes(b"\x89PNG not really")
+def _png(path: Path, width: int = 8, height: int = 6, seed: int = 0) -> Path:
+    """A picture like a test image: smooth shading, a few boxes, sensor noise."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0:height, 0:width]
+    image = np.stack([rows * 200 // max(height, 1), columns * 200 // max(width, 1),
+                      np.full_like(rows, 90)], axis=-1).astype(np.int16)
+    for _ in range(6):
+        top, left = rng.integers(0, height), rng.integers(0, width)
+        image[top:top + height // 4, left:left + width // 4] = rng.integers(0, 255, 3)
+    image += rng.integers(-6, 7, image.shape, dtype=np.int16)
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
     return path
 
 
@@ -39,9 +54,37 @@ def test_page_has_every_section_figure_and_number(tmp_path):
     plots = [_png(tmp_path / "pr_curve.png"), _png(tmp_path / "confusion_matrix.png")]
     page = html.render(_metrics(per_class), plots, [("a.jpg: 0 error(s)", plots[0])], [])
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</body></html>")
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 2  # the plots
+    assert page.count("data:image/jpeg;base64,") == 1  # the picture
     assert "<figcaption>confusion matrix</figcaption>" in page
     assert "<td>circle</td>" + "<td class='n'>1.000</td>" * 2 + "<td class='n'>0.750</td>" in page
     assert "<td>AP @.75</td><td>map_75</td><td class='n'>0.500</td>" in page
     assert "<b>3.0 / 4.5 ms</b>" in page and "<b>n/a img/s</b>" in page
     assert "TFLite" not in page  # no TFLite models, no table
+    assert "<table class='about'>" not in page and "Training (" not in page  # none given
+
+
+def test_page_says_what_produced_it_and_shows_the_curves(tmp_path):
+    about = [("git commit", "c0ffee-dirty"), ("dataset", f"{SCRIPT} md5 0123")]
+    page = html.render(_metrics({}), [], [], [], about=about, curves=b"\x89PNG curves")
+    assert "<tr><th>git commit</th><td>c0ffee-dirty</td></tr>" in page
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt; md5 0123</td>" in page
+    assert base64.b64encode(b"\x89PNG curves").decode() in page
+
+
+#: 20 pictures, each at most PHOTO_MAX_SIDE (640) px on its longest side as JPEG (quality 85):
+#: about 17 KB for these (a 640 x 480 photo: 40-70 KB), x 4/3 for base64; 100 KB each leaves
+#: headroom and is still 50 times less than the PNGs at full size (several MB each).
+PAGE_BOUND = 20 * 100_000
+
+
+def test_twenty_large_pictures_keep_the_page_under_two_megabytes(tmp_path):
+    pictures = [(f"p{k}.jpg", _png(tmp_path / f"p{k}.png", 2400, 1800, seed=k))
+                for k in range(20)]
+    raw = sum(path.stat().st_size for _, path in pictures)
+    page = html.render(_metrics({}), [], pictures[:10], pictures[10:])
+    assert len(page.encode()) < PAGE_BOUND < raw / 10
+    embedded = re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(embedded) == 20
+    sizes = {Image.open(io.BytesIO(base64.b64decode(data))).size for data in embedded}
+    assert sizes == {(html.PHOTO_MAX_SIDE, html.PHOTO_MAX_SIDE * 3 // 4)}

@@ -122,3 +122,44 @@ def test_a_model_without_the_detection_outputs_is_refused_in_one_line(tmp_path):
 def test_a_missing_saved_model_is_a_pipeline_error(tmp_path):
     with pytest.raises(PipelineError, match="no SavedModel"):
         Detector.load(tmp_path)
+
+
+class _BatchEcho(tf.Module):
+    """A batched encoded-image detector: per image one detection scoring its mean pixel / 255,
+    of class = the size of the batch it was called with (so the test sees the calls made)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, encoded):
+        images = tf.map_fn(lambda e: tf.io.decode_image(e, channels=3, expand_animations=False),
+                           encoded, fn_output_signature=tf.uint8)
+        batch = tf.shape(images)[0]
+        scores = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3]) / 255.0
+        return {"detection_boxes": tf.tile([[[0.1, 0.2, 0.5, 0.6]]], [batch, 1, 1]),
+                "detection_scores": scores[:, tf.newaxis],
+                "detection_classes": tf.fill([batch, 1], tf.cast(batch, tf.float32)),
+                "num_detections": tf.ones([batch])}
+
+
+@pytest.fixture()
+def batch_detector(tmp_path) -> Detector:
+    module = _BatchEcho()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"),
+                        signatures={"serving_default": module.serve})
+    return Detector.load(tmp_path)
+
+
+def test_images_of_one_shape_go_through_a_batch_signature_in_one_call(batch_detector):
+    images = [np.full((8, 6, 3), value, np.uint8) for value in (0, 51, 255)]
+    detections = batch_detector.detect_images(images)
+    assert [d.classes.tolist() for d in detections] == [[3], [3], [3]]  # one call, batch of 3
+    assert [float(d.scores[0]) for d in detections] == pytest.approx([0.0, 0.2, 1.0])
+
+
+def test_images_of_other_shapes_or_batch_one_signatures_go_one_by_one(batch_detector, tmp_path):
+    mixed = [np.zeros((8, 6, 3), np.uint8), np.full((5, 5, 3), 255, np.uint8)]
+    detections = batch_detector.detect_images(mixed)
+    assert [d.classes.tolist() for d in detections] == [[1], [1]]
+    assert [float(d.scores[0]) for d in detections] == pytest.approx([0.0, 1.0])
+    single = _saved(tmp_path / "single", "image_tensor")
+    assert not single.takes_batches
+    assert len(single.detect_images([np.zeros((4, 4, 3), np.uint8)] * 2)) == 2

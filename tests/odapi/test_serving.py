@@ -27,3 +27,9 @@ def test_images_are_padded_to_the_longest_list_and_keep_their_counts():
 def test_no_images_give_empty_arrays():
     arrays = as_arrays([])
     assert arrays["detection_boxes"].shape == (0, 0, 4) and arrays["num_detections"].size == 0
+
+
+def test_class_names_come_from_the_label_map_and_unnamed_ids_stay_ids():
+    arrays = as_arrays([_detections([0.9, 0.5], [2, 7]), _detections([0.8], [1])],
+                       {1: "raccoon", 2: "kangaroo"})
+    assert arrays["detection_class_names"].tolist() == [["kangaroo", "7"], ["raccoon", ""]]

@@ -147,7 +147,12 @@ def test_one_training_run_holds_params_and_curves_its_report_run_the_test_metric
     run_data = runs[0].data
     assert run_data.params["train.batch_size"] == "4"
     assert run_data.params["model.name"] == "ssd_mobilenet_v2_fpnlite_cpu"
-    assert "train/Loss/total_loss" in run_data.metrics
+    assert "train/loss/total" in run_data.metrics
+    assert runs[0].info.run_name == "ssd_mobilenet_v2_fpnlite_cpu on sample"
+    assert not any(value < 0 for key, value in run_data.metrics.items() if "/ma" in key)
+    page = (project / "reports/report.html").read_text()
+    assert run_data.tags["git.commit"] in page and runs[0].info.run_id in page
+    assert "<h2>Training (train_curves.csv, eval_curves.csv)</h2>" in page
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"pipeline.config", "label_map.pbtxt", "data_report.json"} <= artifacts
     # export and report: runs nested under the training run, the newest named by a tag

@@ -287,10 +287,27 @@ def test_html_report_is_self_contained(perfect_report):
     images = list((output / "images").glob("sample_*.png"))
     assert len(images) == len(OBJECTS)  # sample_images 6 > 5 test images
     assert not list((output / "images").glob("worst_*.png"))  # no errors, no worst images
-    assert page.count("data:image/png;base64,") == 2 + len(images)
+    assert page.count("data:image/png;base64,") == 2  # the plots
+    assert page.count("data:image/jpeg;base64,") == len(images)  # the pictures, scaled
     assert "src='http" not in page and "<script" not in page
     row = "<td>circle</td>" + "<td class='n'>1.000</td>" * 3
     assert row in page
+
+
+def test_html_report_says_what_produced_it_and_shows_the_training_curves(perfect_model, data_dir,
+                                                                         tmp_path):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "train_curves.csv").write_text("step,Loss_total_loss,learning_rate\n10,2.0,0.1\n"
+                                          "20,1.5,0.1\n")
+    (out / "eval_curves.csv").write_text("step,map,map_50,val_loss\n20,0.3,0.6,1.7\n")
+    about = [("git commit", "c0ffee"), ("MLflow", "training run run0123")]
+    report.evaluate(perfect_model, data_dir, out, ReportParams(warmup_images=0), about)
+    page = (out / "report.html").read_text()
+    assert "<tr><th>git commit</th><td>c0ffee</td></tr>" in page
+    assert "<td>training run run0123</td>" in page
+    assert "<h2>Training (train_curves.csv, eval_curves.csv)</h2>" in page
+    assert "alt='training curves'" in page
 
 
 def test_per_class_markdown(perfect_report):

@@ -14,17 +14,6 @@ def test_workers_and_tpu_are_exclusive_in_params():
         params_from_dict({"train": {"best_metric": "accuracy"}})
 
 
-def test_dataset_hash_comes_from_dvc_lock(tmp_path):
-    lock = tmp_path / "dvc.lock"
-    lock.write_text("schema: '2.0'\nstages:\n  convert:\n    outs:\n    - path: data/tfrecords\n"
-                    "      md5: 0123abc.dir\n")
-    from pathlib import Path
-
-    assert train.dataset_hash(lock, Path("data/tfrecords")) == "0123abc.dir"
-    assert train.dataset_hash(lock, Path("data/other")) == "unknown"
-    assert train.dataset_hash(tmp_path / "none.lock", Path("data/tfrecords")) == "unknown"
-
-
 def test_pipeline_config_is_flattened_into_params():
     from pipeline.core import compat
     from pipeline.core.layout import CONFIGS_DIR

@@ -120,9 +120,9 @@ def test_sigkill_after_the_first_checkpoint_then_dvc_repro_resumes_and_finishes(
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run_id = runs[0].info.run_id
     assert json.loads((model_dir / "best/mlflow_run.json").read_text())["run_id"] == run_id
-    curve = client.get_metric_history(run_id, "train/Loss/total_loss")
+    curve = client.get_metric_history(run_id, "train/loss/total")
     assert sorted(m.step for m in curve) == [10, 20, 30, 40]  # the killed attempt's 10 included
-    assert [m.step for m in client.get_metric_history(run_id, "eval/Loss/total_loss")] == [40]
+    assert [m.step for m in client.get_metric_history(run_id, "eval/loss/total")] == [40]
     csv_steps = [int(line.split(",")[0]) for line in
                  (project / "reports/train_curves.csv").read_text().splitlines()[1:]]
     assert csv_steps == [10, 20, 30, 40]
@@ -250,12 +250,12 @@ def test_tracking_server_dies_mid_run_training_finishes_and_every_metric_is_reco
         assert remote_run.info.status == "FINISHED"
         journaled = [r for r in journal.records() if r["kind"] == "metric"]
         assert {k for k, _ in journal.metric_steps()} >= {
-            "train/Loss/total_loss", "train/learning_rate", "eval/DetectionBoxes_Precision/mAP"}
+            "train/loss/total", "train/learning_rate", "eval/map"}
         for key in {r["key"] for r in journaled}:
             history = {(m.step, m.value) for m in client.get_metric_history(run_id, key)}
             assert history == {(r["step"], r["value"]) for r in journaled if r["key"] == key}
         assert [s for s, _ in sorted(
-            (m.step, 0) for m in client.get_metric_history(run_id, "eval/Loss/total_loss"))] == [
+            (m.step, 0) for m in client.get_metric_history(run_id, "eval/loss/total"))] == [
             10, 20]
         artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}
         assert "eval/remote_metrics.json" in artifacts

@@ -92,3 +92,21 @@ def test_split_hash_depends_on_the_test_content_not_on_its_sharding(tmp_path):
     relabelled[1] = [([0.2, 0.3, 0.7, 0.8], 1)]
     changed = [_example(i, objects) for i, objects in enumerate(relabelled)]
     assert registry.split_hash(_write_data(tmp_path / "relabelled", changed, shards=1)) != one
+
+
+def test_the_shipped_modules_are_everything_the_pyfunc_loads_from_the_project(tmp_path):
+    from tests.test_architecture import closure
+
+    assert set(registry.SERVING_MODULES) == closure("pipeline.odapi.serving", with_packages=True)
+    shipped = registry.copy_serving_modules(tmp_path)
+    assert shipped == tmp_path / "pipeline"
+    assert (shipped / "odapi" / "detector.py").is_file() and (shipped / "__init__.py").is_file()
+    assert not (shipped / "stages").exists()  # only what serving needs
+
+
+def test_the_signature_names_every_output_of_the_pyfunc():
+    from pipeline.odapi.serving import as_arrays
+
+    signature = registry.serving_signature()
+    assert set(signature.outputs.input_names()) == set(as_arrays([]))
+    assert signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
