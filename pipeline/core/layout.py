@@ -58,6 +58,8 @@ FINGERPRINT_FILE = "fingerprint.json"
 EVAL_HISTORY_FILE = "eval_history.json"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
+#: the OD API's folders of a non-chief training worker (in the folder and in its ``train/``)
+WORKER_TEMP_GLOB = "temp_worker_*"
 
 # --- inside the export folder (export) -----------------------------------------------------------
 SAVED_MODEL_DIR = "saved_model"

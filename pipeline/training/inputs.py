@@ -73,6 +73,17 @@ def read_schedule(config: Path) -> Schedule:
                     peak_learning_rate=peak_learning_rate(train_config.optimizer))
 
 
+def train_record_files(config: Path, reader=None) -> list[Path]:
+    """The record files ``config`` trains on (its ``train_input_reader`` globs), sorted;
+    ``reader``: that reader, when the caller has the configs already."""
+    if reader is None:
+        from object_detection.utils import config_util
+
+        reader = config_util.get_configs_from_pipeline_file(str(config))["train_input_config"]
+    return sorted(path for pattern in reader.tf_record_input_reader.input_path
+                  for path in Path(pattern).parent.glob(Path(pattern).name))
+
+
 def peak_learning_rate(optimizer) -> float | None:
     """The peak of the schedules configure renders (cosine decay, constant); None otherwise."""
     kind = optimizer.WhichOneof("optimizer")

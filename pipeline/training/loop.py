@@ -15,9 +15,9 @@ from pathlib import Path
 from pipeline.core import compat, layout
 from pipeline.core.errors import PipelineError
 from pipeline.odapi import training_hooks
-from pipeline.training import checkpoint_eval
+from pipeline.training import checkpoint_eval, cluster
 from pipeline.training.curves import read_scalars, write_curves, write_eval_curves, write_metrics
-from pipeline.training.inputs import TrainingRun
+from pipeline.training.inputs import TrainingRun, train_record_files
 from pipeline.training.model_dir import (copy_best, fingerprint, latest_checkpoint, load_history,
                                          prepare_model_dir, read_best, save_history)
 from pipeline.training.monitor import TrainMonitor
@@ -106,6 +106,8 @@ class SegmentedTraining:
 
     def train(self) -> None:
         """Prepare the model directory, train and evaluate to ``num_steps``, write the files."""
+        if self.run.num_workers > 1:
+            cluster.check_workers(self.run, train_record_files(self.run.config))
         enable_gpu_memory_growth()
         # A folder that is not a training folder fails here, before any callback writes to it.
         self.step = prepare_model_dir(self.run.model_dir, fingerprint(self.run.config, self.run))
@@ -153,12 +155,28 @@ class SegmentedTraining:
         argv = model_main_argv(run.config, run.model_dir, end, run.checkpoint_every_n,
                                run.num_workers, run.tpu_name)
         try:
-            train_with_model_main(argv)
+            if run.num_workers > 1:
+                self.train_on_workers(argv, monitor)
+            else:
+                train_with_model_main(argv)
         except Exception as err:
             if monitor.non_finite is None:
                 raise
             raise PipelineError(monitor.stop_message(
                 self.last_good_checkpoint(), run.config, run.schedule.peak_learning_rate)) from err
+
+    def train_on_workers(self, argv: list[str], monitor: TrainMonitor) -> None:
+        """Train a segment with a group of worker processes (:mod:`pipeline.training.cluster`);
+        the chief saved its checkpoints in another process, so their step is read from disk."""
+        non_finite = cluster.train_segment(
+            argv, self.run, last_step=lambda: training_hooks.checkpoint_step(self.run.model_dir))
+        step = training_hooks.checkpoint_step(self.run.model_dir)
+        if step != self.step:
+            self.checkpoint_saved(step, latest_checkpoint(self.run.model_dir))
+        if non_finite is not None:
+            monitor.non_finite = non_finite
+            raise FloatingPointError(f"a worker stopped on a non-finite loss at step "
+                                     f"{non_finite[0]}")
 
     def last_good_checkpoint(self) -> str:
         latest = latest_checkpoint(self.run.model_dir)

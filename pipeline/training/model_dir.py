@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.core import files, layout
 from pipeline.odapi import training_hooks
-from pipeline.training.inputs import TrainingRun
+from pipeline.training.inputs import TrainingRun, train_record_files
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,7 @@ def fingerprint(config: Path, train: TrainingRun | None = None) -> dict[str, str
     configs = config_util.get_configs_from_pipeline_file(str(config))
     reader = configs["train_input_config"]
     label_map = Path(reader.label_map_path)
-    train_files = sorted(p for pattern in reader.tf_record_input_reader.input_path
-                         for p in Path(pattern).parent.glob(Path(pattern).name))
+    train_files = train_record_files(config, reader)
     parts = {
         "model": str(configs["model"]),
         "label_map": label_map.read_text() if label_map.is_file() else "",

@@ -204,3 +204,62 @@ def test_the_checkpoint_step_is_read_from_disk_once_then_tracked(tmp_path, fake_
     training.train()  # resumes at step 10 (evaluated already), trains to 20
     assert fake_od_api["disk_reads"] == 1 and training.step == 20
     assert tracker.events == [("start",), ("best", 20, True), ("evaluation", 20, 0.4), ("end",)]
+
+
+@pytest.fixture
+def fake_workers(fake_od_api, monkeypatch):
+    """``num_workers > 1``: each segment runs on a fake group whose chief checkpoints the
+    segment's last step in another process (no hook A callback here), or reports a NaN loss at
+    ``nan_at`` without checkpointing."""
+    state = {"segments": []}
+    monkeypatch.setattr(loop, "train_record_files", lambda config: ["shard-0", "shard-1"])
+
+    def train_segment(argv, run, last_step):
+        flags = dict(a.lstrip("-").split("=", 1) for a in argv[1:])
+        end = int(flags["num_train_steps"])
+        state["segments"].append((end, flags["num_workers"]))
+        if fake_od_api["nan_at"] and fake_od_api["nan_at"] < end:
+            return fake_od_api["nan_at"], math.nan
+        run.model_dir.joinpath(f"ckpt-{end}.index").write_text("x")
+        run.model_dir.joinpath("checkpoint").write_text(f'model_checkpoint_path: "ckpt-{end}"\n')
+        return None
+
+    def step_on_disk(model_dir):
+        listed = model_dir / "checkpoint"
+        return int(listed.read_text().split('"')[1].split("-")[1]) if listed.is_file() else 0
+
+    monkeypatch.setattr(loop.cluster, "train_segment", train_segment)
+    monkeypatch.setattr(loop.training_hooks, "checkpoint_step", step_on_disk)
+    return state
+
+
+def test_with_workers_each_segment_trains_on_the_group_its_step_read_from_the_chiefs_files(
+        tmp_path, fake_workers):
+    training = loop.SegmentedTraining(make_run(tmp_path / "p.config", num_workers=2))
+    tracker, saved = FakeTracker(), []
+    training.add_callbacks(tracker)
+    training.add_callback("on_checkpoint", lambda step, path: saved.append(step))
+    training.train()
+    assert fake_workers["segments"] == [(10, "2"), (20, "2")]
+    assert saved == [10, 20] and training.step == 20
+    assert tracker.events == [("start",), ("best", 10, True), ("evaluation", 10, 0.5),
+                              ("evaluation", 20, 0.4), ("end",)]
+
+
+def test_with_workers_a_nan_loss_fails_the_run_at_the_chiefs_last_checkpoint(tmp_path,
+                                                                            fake_workers,
+                                                                            fake_od_api):
+    training = loop.SegmentedTraining(make_run(tmp_path / "p.config", num_workers=2))
+    fake_od_api["nan_at"] = 13
+    with pytest.raises(PipelineError, match=r"the total loss is nan at step 13; .* Last good "
+                                            r"checkpoint: .*ckpt-10 \(step 10\)"):
+        training.train()
+
+
+def test_with_more_workers_than_train_shards_nothing_is_touched(tmp_path, fake_workers,
+                                                               monkeypatch):
+    monkeypatch.setattr(loop, "train_record_files", lambda config: ["shard-0"])
+    run = make_run(tmp_path / "p.config", num_workers=2)
+    with pytest.raises(PipelineError, match="train split has 1 record shard"):
+        loop.SegmentedTraining(run).train()
+    assert not run.model_dir.exists() and fake_workers["segments"] == []
