@@ -39,6 +39,7 @@ def test_the_training_run_is_named_after_model_and_dataset_and_logs_the_dataset(
     compat.apply()
     data = tmp_path / "tfrecords"
     data.mkdir()
+    (tmp_path / "raccoon").mkdir()  # data.root must exist
     params = Params(data=DataParams(root=str(tmp_path / "raccoon")), mlflow=settings)
     args = Namespace(config=CONFIGS_DIR / "ssd_mobilenet_v2_fpnlite_cpu.config", data=data)
     journal = tracking.RunJournal(settings, tmp_path / "train")
