@@ -50,3 +50,23 @@ def test_the_odp_console_script_is_the_cli():
 def test_help_names_the_command_the_user_typed(monkeypatch, argv0, name):
     monkeypatch.setattr(sys, "argv", [argv0])
     assert cli.build_parser(None).prog == name
+
+
+def test_no_stage_help_imports_tensorflow(tmp_path):
+    """`<stage> --help` is instant: TensorFlow (seconds to import) is loaded only to work."""
+    probe = (
+        "import contextlib, io, sys\n"
+        "from pipeline import cli\n"
+        "for stage in cli.STAGES:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            cli.main([stage, '--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    if 'tensorflow' in sys.modules:\n"
+        "        print(stage)\n"
+        "        break\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, text=True,
+                            capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"{result.stdout.strip()} --help imports TensorFlow"

@@ -17,7 +17,6 @@ from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import staged_output
 from pipeline.core.params import Params
-from pipeline.odapi import export as odapi_export
 from pipeline.tracking import journal as tracking
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, params: Params) -> None:
     """Export, verify, optionally convert to TFLite, then publish ``--output`` atomically."""
+    from pipeline.odapi import export as odapi_export  # TensorFlow: not for --help
+
     if not (args.model_dir / "checkpoint").is_file():
         raise PipelineError(f"no checkpoint in {args.model_dir} (run the train stage first)")
     with staged_output(args.output, [args.config, args.model_dir, args.data]) as staging:

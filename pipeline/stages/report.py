@@ -29,13 +29,6 @@ from typing import Any, Sequence
 
 from pipeline.core import layout
 from pipeline.core.params import Params, ReportParams
-from pipeline.evaluation import coco as coco_eval
-from pipeline.evaluation import confusion
-from pipeline.evaluation import inference
-from pipeline.evaluation import outputs as report_outputs
-from pipeline.evaluation import test_records
-from pipeline.evaluation import voc as voc_eval
-from pipeline.odapi.detector import Detector
 from pipeline.tracking import journal as tracking
 from pipeline.tracking import provenance
 
@@ -76,6 +69,7 @@ def log_to_mlflow(params: Params, model_dir: Path, data_dir: Path, output_dir: P
     for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
         journal.artifact(path, str(Path("report") / path.parent.relative_to(output_dir)))
     if params.report.registered_model:
+        from pipeline.evaluation import test_records
         from pipeline.tracking import registry
 
         registry.record_registration(journal, params.report.registered_model, model_dir,
@@ -89,6 +83,13 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, output_dir: str | Path
              about: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Run the model on every test record, score it and write the report files (the page
     says what produced it: ``about``)."""
+    # Imported here, not at the top: `report --help` must not load TensorFlow.
+    from pipeline.evaluation import coco as coco_eval
+    from pipeline.evaluation import confusion, inference, test_records
+    from pipeline.evaluation import outputs as report_outputs
+    from pipeline.evaluation import voc as voc_eval
+    from pipeline.odapi.detector import Detector
+
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     files = test_records.find_test_records(data_dir)
     categories = test_records.read_label_map(data_dir / layout.LABEL_MAP)
