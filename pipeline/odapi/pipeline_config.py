@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.core import compat, files, layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ModelParams, TrainParams
-from pipeline.odapi import checkpoints
+from pipeline.odapi import checkpoints, pretrained
 from pipeline.odapi import templates as zoo
 from pipeline.odapi.augmentations import NO_AUGMENTATION
 
@@ -49,8 +49,12 @@ def load_template(model_name: str):
     return config
 
 
-def render(model: ModelParams, train: TrainParams, data_dir: Path):
-    """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in."""
+def render(model: ModelParams, train: TrainParams, data_dir: Path,
+           pretrained_dir: Path | None = None):
+    """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in.
+
+    The checkpoint to fine-tune from is the one in ``pretrained_dir`` (the pretrained stage's
+    output) when that folder exists, else ``model.checkpoint`` resolved here."""
     config = load_template(model.name)
     label_map = data_dir / layout.LABEL_MAP
     set_num_classes(config, count_label_map_items(label_map))
@@ -60,8 +64,8 @@ def render(model: ModelParams, train: TrainParams, data_dir: Path):
                       peak_learning_rate(model, train))
     set_augmentations(config, train.augmentations)
     set_post_processing(config, model)
-    set_fine_tune_checkpoint(config, checkpoints.resolve(
-        model, zoo.spec_for(model.name), checkpoints.architecture_of(config)))
+    set_fine_tune_checkpoint(config, pretrained.fine_tune_prefix(
+        model, checkpoints.architecture_of(config), pretrained_dir))
     set_inputs(config, data_dir, label_map)
     return config
 

@@ -254,7 +254,8 @@ def test_an_empty_experiment_name_is_refused(name):
                 f"containing it: {str(ROOT)!r}"),
     (str(ROOT.parent), f"not the project ({ROOT}) or a folder containing it"),
     (str(ROOT / "models"), "data.root must be a dataset folder, not one holding the pipeline's "
-                           "outputs ['models/exported', 'models/pipeline.config', 'models/train']"),
+                           "outputs ['models/exported', 'models/pipeline.config', "
+                           "'models/pretrained', 'models/train']"),
     (str(ROOT / "data"), "holding the pipeline's outputs ['data/tfrecords']"),
     (str(ROOT / "data" / "tfrecords"), "holding the pipeline's outputs ['data/tfrecords']"),
     (str(ROOT / "reports"), "holding the pipeline's outputs ['reports/detections.json'"),
