@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.core import compat, layout
 from pipeline.core.errors import PipelineError
-from pipeline.odapi import training_hooks
+from pipeline.odapi import freezing, training_hooks
 from pipeline.training import checkpoint_eval
 from pipeline.training.curves import read_scalars, write_curves, write_eval_curves, write_metrics
 from pipeline.training.inputs import TrainingRun
@@ -136,6 +136,7 @@ class SegmentedTraining:
         else:  # Python every 10 steps (any NaN/Inf at once); every step if asked for
             training_hooks.observe_train_steps(monitor, every_n=1 if not run.progress_every else 10)
         training_hooks.observe_checkpoints(self.checkpoint_saved)
+        freezing.freeze_backbone(run.freeze_backbone_steps)
         try:
             for end in segment_ends(self.step, run.num_steps, run.eval_every_n):
                 self.train_to(end, monitor)
