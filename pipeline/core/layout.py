@@ -59,6 +59,7 @@ FINGERPRINT_FILE = "fingerprint.json"
 EVAL_HISTORY_FILE = "eval_history.json"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
+FINE_TUNE_RESTORE_FILE = "fine_tune_restore.json"  # what the fine-tuning restore restored
 
 # --- inside the pretrained folder (pretrained) ----------------------------------------------------
 PRETRAINED_CHECKPOINT = "checkpoint/ckpt-0"  # the weights' prefix (.index, .data-*), as the zoo's
