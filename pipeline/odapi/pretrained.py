@@ -93,7 +93,7 @@ def fine_tune_prefix(model: ModelParams, architecture: checkpoints.Architecture,
     own_config = folder / layout.PRETRAINED_CONFIG
     if own_config.is_file():
         checkpoints.check_architecture(own_config.read_text(), architecture, own_config)
-    return str(prefix.resolve())
+    return str(prefix)  # as given (models/pretrained/...): the same config on every machine
 
 
 def _written_for(folder: Path) -> str:
