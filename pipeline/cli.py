@@ -21,6 +21,7 @@ from pipeline.core.params import ParamsError, load_params, params_from_dict
 #: stage name -> (module, one-line help)
 STAGES = {
     "sample": ("pipeline.stages.sample", "generate the built-in synthetic VOC dataset"),
+    "pretrained": ("pipeline.stages.pretrained", "the checkpoint to fine-tune from, in the project"),
     "convert": ("pipeline.stages.convert", "convert a VOC, COCO or YOLO dataset to sharded TFRecords (Beam)"),
     "configure": ("pipeline.stages.configure", "render pipeline.config from a template and params"),
     "train": ("pipeline.stages.train", "train with the OD API's model_main_tf2"),

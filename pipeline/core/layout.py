@@ -30,6 +30,7 @@ REPORTS_DIR = Path("reports")
 TRAIN_CURVES = REPORTS_DIR / "train_curves.csv"
 EVAL_CURVES = REPORTS_DIR / "eval_curves.csv"
 EVAL_METRICS = REPORTS_DIR / "eval_metrics.json"
+PRETRAINED_DIR = Path("models/pretrained")
 
 # --- inside the records folder (convert) ---------------------------------------------------------
 LABEL_MAP = "label_map.pbtxt"
@@ -60,6 +61,13 @@ BEST_DIR = "best"
 BEST_FILE = "best.json"
 #: the OD API's folders of a non-chief training worker (in the folder and in its ``train/``)
 WORKER_TEMP_GLOB = "temp_worker_*"
+FINE_TUNE_RESTORE_FILE = "fine_tune_restore.json"  # what the fine-tuning restore restored
+
+# --- inside the pretrained folder (pretrained) ----------------------------------------------------
+PRETRAINED_CHECKPOINT = "checkpoint/ckpt-0"  # the weights' prefix (.index, .data-*), as the zoo's
+PRETRAINED_CONFIG = "pipeline.config"  # the checkpoint's own config, when it has one
+PRETRAINED_SOURCE = "source.json"  # where the checkpoint came from (and its sha256)
+PRETRAINED_NONE = "none.json"  # the whole folder when model.checkpoint is none
 
 # --- inside the export folder (export) -----------------------------------------------------------
 SAVED_MODEL_DIR = "saved_model"

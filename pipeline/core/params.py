@@ -220,6 +220,10 @@ class TrainParams:
         if self.num_workers > 1 and self.tpu_name:
             raise ParamsError("train.num_workers > 1 and train.tpu_name are exclusive: "
                               "model_main_tf2 trains either on a TPU or on several workers")
+        if self.freeze_backbone_steps >= self.num_steps:
+            raise ParamsError(
+                f"train.freeze_backbone_steps must be -1 (throughout), 0 (never) or smaller than "
+                f"train.num_steps ({self.num_steps}), got {self.freeze_backbone_steps}")
         if self.warmup_steps >= self.num_steps:
             raise ParamsError(
                 f"train.warmup_steps must be smaller than train.num_steps ({self.num_steps}), "

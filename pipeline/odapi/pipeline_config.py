@@ -4,7 +4,8 @@ The template is parsed into the OD API's ``TrainEvalPipelineConfig`` and edited 
 (never by text substitution); the written file is parsed back as the proof that it is valid.
 What is set: classes and label map (from the convert output), input size, batch size, steps,
 the learning rate scaled linearly with the batch size from the template's reference (see
-configs/models.yaml), warmup, augmentations, box limit (at least the data's busiest image),
+configs/models.yaml; lower, with the template's own warmup, when fine-tuning), warmup, the
+backbone variables to freeze (``train.freeze_backbone_steps``), augmentations, box limit (at least the data's busiest image),
 post-processing, the checkpoint to fine-tune from and the TFRecord paths.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from pipeline.core import compat, files, layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ModelParams, TrainParams
-from pipeline.odapi import checkpoints
+from pipeline.odapi import checkpoints, pretrained
 from pipeline.odapi import templates as zoo
 from pipeline.odapi.augmentations import NO_AUGMENTATION
 
@@ -49,29 +50,69 @@ def load_template(model_name: str):
     return config
 
 
-def render(model: ModelParams, train: TrainParams, data_dir: Path):
-    """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in."""
+def render(model: ModelParams, train: TrainParams, data_dir: Path,
+           pretrained_dir: Path | None = None):
+    """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in.
+
+    The checkpoint to fine-tune from is the one in ``pretrained_dir`` (the pretrained stage's
+    output) when that folder exists, else ``model.checkpoint`` resolved here."""
     config = load_template(model.name)
     label_map = data_dir / layout.LABEL_MAP
     set_num_classes(config, count_label_map_items(label_map))
     set_image_size(config, model.image_size or image_size(config))
     set_training(config, train, max_objects_in_data(data_dir))
-    set_learning_rate(config.train_config.optimizer, train,
-                      peak_learning_rate(model, train))
+    set_learning_rate(config.train_config.optimizer, train, peak_learning_rate(model, train),
+                      warmup_schedule(model, train))
+    set_frozen_backbone(config, model, train)
     set_augmentations(config, train.augmentations)
     set_post_processing(config, model)
-    set_fine_tune_checkpoint(config, checkpoints.resolve(
-        model, zoo.spec_for(model.name), checkpoints.architecture_of(config)))
+    set_fine_tune_checkpoint(config, pretrained.fine_tune_prefix(
+        model, checkpoints.architecture_of(config), pretrained_dir))
     set_inputs(config, data_dir, label_map)
     return config
 
 
 def peak_learning_rate(model: ModelParams, train: TrainParams) -> float:
-    """``train.learning_rate`` (0 = the template's reference) scaled linearly from the
-    template's reference batch size to ``train.batch_size`` (Goyal et al., 2017)."""
+    """``train.learning_rate`` (0 = the template's reference, times its
+    ``finetune_learning_rate_factor`` when fine-tuning) scaled linearly from the template's
+    reference batch size to ``train.batch_size`` (Goyal et al., 2017)."""
     spec = zoo.spec_for(model.name)
-    base = train.learning_rate or spec.reference_learning_rate
+    factor = spec.finetune_learning_rate_factor if is_fine_tuning(model) else 1.0
+    base = train.learning_rate or spec.reference_learning_rate * factor
     return base * train.batch_size / spec.reference_batch_size
+
+
+def is_fine_tuning(model: ModelParams) -> bool:
+    return model.checkpoint != "none"
+
+
+def warmup_schedule(model: ModelParams, train: TrainParams) -> tuple[int, float]:
+    """(warmup steps, warmup start as a fraction of the peak). Fine-tuning: the template's, from
+    its zoo config (warmup_steps / total_steps of ``train.num_steps``, warmup / base learning
+    rate; configs/models.yaml); from scratch: ``train.warmup_steps`` from 0.1 x the peak."""
+    if not is_fine_tuning(model):
+        return train.warmup_steps, WARMUP_START_FRACTION
+    spec = zoo.spec_for(model.name)
+    steps = round(spec.finetune_warmup_fraction * train.num_steps)
+    return min(steps, train.num_steps - 1), spec.finetune_warmup_start_fraction
+
+
+def set_frozen_backbone(config, model: ModelParams, train: TrainParams) -> None:
+    """``freeze_variables`` = the template's backbone regexes when ``train.freeze_backbone_steps``
+    is not 0; the train stage freezes them for the first K steps, or throughout for -1
+    (pipeline/odapi/freezing.py: the OD API's TF2 loop ignores the field)."""
+    tc = config.train_config
+    del tc.freeze_variables[:]
+    if train.freeze_backbone_steps == 0:
+        return
+    if not is_fine_tuning(model):
+        raise PipelineError("train.freeze_backbone_steps needs pretrained weights to freeze: set "
+                            "model.checkpoint (zoo or a path) or train.freeze_backbone_steps: 0")
+    spec = zoo.spec_for(model.name)
+    if not spec.backbone_variables:
+        raise PipelineError(f"template {model.name!r} names no backbone_variables in "
+                            "configs/models.yaml: train.freeze_backbone_steps cannot apply")
+    tc.freeze_variables.extend(spec.backbone_variables)
 
 
 def count_label_map_items(path: Path) -> int:
@@ -143,8 +184,11 @@ def set_training(config, train: TrainParams, max_objects: int) -> None:
     tc.max_number_of_boxes = max(train.max_boxes, max_objects)
 
 
-def set_learning_rate(optimizer, train: TrainParams, peak: float) -> None:
-    """Peak learning rate; a cosine schedule also gets warmup and total steps = num_steps."""
+def set_learning_rate(optimizer, train: TrainParams, peak: float,
+                      warmup: tuple[int, float]) -> None:
+    """Peak learning rate; a cosine schedule also gets ``warmup`` (steps, start as a fraction of
+    the peak: :func:`warmup_schedule`) and total steps = num_steps."""
+    warmup_steps, start = warmup
     kind = optimizer.WhichOneof("optimizer")
     schedule = getattr(optimizer, kind).learning_rate
     schedule_kind = schedule.WhichOneof("learning_rate")
@@ -152,8 +196,8 @@ def set_learning_rate(optimizer, train: TrainParams, peak: float) -> None:
         cosine = schedule.cosine_decay_learning_rate
         cosine.learning_rate_base = peak
         cosine.total_steps = train.num_steps
-        cosine.warmup_steps = train.warmup_steps
-        cosine.warmup_learning_rate = peak * WARMUP_START_FRACTION
+        cosine.warmup_steps = warmup_steps
+        cosine.warmup_learning_rate = peak * start
     elif schedule_kind == "constant_learning_rate":
         schedule.constant_learning_rate.learning_rate = peak
     else:

@@ -2,12 +2,15 @@
 
 A template is ``configs/<name>.config`` (an OD API ``TrainEvalPipelineConfig`` written for
 this project) plus one entry in ``configs/models.yaml``: its reference batch size and learning
-rate (the learning rate is scaled linearly from them), and the TF2 model zoo archive with
-COCO-trained weights for the same architecture and that archive's pinned sha256.
+rate (the learning rate is scaled linearly from them), the TF2 model zoo archive with
+COCO-trained weights for the same architecture and that archive's pinned sha256, the schedule
+used when fine-tuning (from the zoo config's own values) and the regexes naming its backbone's
+variables (frozen by ``train.freeze_backbone_steps``).
 """
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +19,8 @@ from pydantic import Field, StrictInt, StrictStr, field_validator, model_validat
 from pipeline.core import layout
 from pipeline.core.errors import ParamsError
 from pipeline.core.layout import CONFIGS_DIR
-from pipeline.core.schema import FiniteFloat, OptionalSha256, read_yaml, record, validate
+from pipeline.core.schema import (FiniteFloat, Names, OptionalSha256, read_yaml, record,
+                                  validate)
 
 MODELS_FILE = CONFIGS_DIR / layout.MODELS_FILE
 
@@ -30,6 +34,20 @@ class ModelSpec:
     reference_learning_rate: Annotated[FiniteFloat, Field(ge=1e-7, le=10.0)]
     zoo_archive: StrictStr = ""
     sha256: OptionalSha256 = ""
+    finetune_learning_rate_factor: Annotated[FiniteFloat, Field(ge=1e-4, le=1.0)] = 0.1
+    finetune_warmup_fraction: Annotated[FiniteFloat, Field(ge=0.0, le=0.5)] = 0.05
+    finetune_warmup_start_fraction: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] = 0.1
+    backbone_variables: Names = ()
+
+    @field_validator("backbone_variables")
+    @classmethod
+    def _regexes(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ParamsError(f"backbone_variables: {pattern!r} is not a regex ({err})")
+        return patterns
 
     @field_validator("zoo_archive")
     @classmethod

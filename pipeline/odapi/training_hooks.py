@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from pipeline.core import compat
+
 # --- A. Final checkpoint and exact step count -------------------------------------------------
 # Problem: ``model_lib_v2.train_loop`` saves at step 0 (before the model's variables exist) and
 # then only every ``checkpoint_every_n`` steps, so the last steps are never saved unless
@@ -33,7 +35,8 @@ import math
 # point every 10 steps. Each save flushes the event files first, so that a crash never leaves
 # a checkpoint whose curve up to that step is lost (the writer flushes every 120 s otherwise),
 # and is reported to the callback of :func:`observe_checkpoints`, so that the caller knows the
-# step of the latest checkpoint without reading it back from disk.
+# step of the latest checkpoint without reading it back from disk. When the loop returns, the
+# hook drops its managers and collects the loop's objects (compat shim 10).
 
 _checkpoint_callback = None
 
@@ -81,6 +84,7 @@ def save_final_checkpoint_after_train_loop() -> None:
         for manager in managers or []:
             if manager.last_saved_step != _step(manager):
                 manager.save()
+        release_training_objects(managers)
         return result
 
     def _step(manager) -> int:
@@ -95,6 +99,14 @@ def save_final_checkpoint_after_train_loop() -> None:
     train_loop._saves_final_step = True
     train_loop.od_api_original = original_train_loop
     model_lib_v2.train_loop = train_loop
+
+
+def release_training_objects(managers: list) -> None:
+    """Drop the hook's last references to the loop's model (each manager holds its checkpoint,
+    hence the model, its optimizer and the fine-tuning restore) and collect them now, while
+    TensorFlow's runtime is alive (compat shim 10: a fine-tuning process crashed at exit)."""
+    managers.clear()
+    compat.collect_garbage_while_tensorflow_runs()
 
 
 def od_api_original(function):

@@ -22,11 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="convert output: shards, label_map.pbtxt, data_report.json")
     parser.add_argument("--output", type=Path, default=layout.PIPELINE_CONFIG,
                         help="pipeline.config to write (default: models/pipeline.config)")
+    parser.add_argument("--pretrained", type=Path, default=layout.PRETRAINED_DIR,
+                        help="the pretrained stage's folder: the checkpoint to fine-tune from "
+                             f"(default: {layout.PRETRAINED_DIR}; when absent, model.checkpoint "
+                             "is resolved here)")
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
     """Render the template for params.model with params.train, write it, record it."""
-    config = pipeline_config.render(params.model, params.train, args.data)
+    config = pipeline_config.render(params.model, params.train, args.data,
+                                    args.pretrained)
     pipeline_config.write_config(config, args.output)
     log.info("wrote %s (%s, %d classes, peak learning rate %g)", args.output, params.model.name,
              pipeline_config.num_classes(config),

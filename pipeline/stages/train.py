@@ -74,6 +74,13 @@ class JournalCallbacks:
             record_run_inputs(self.journal, self.args, self.params)
         self.journal.send()
 
+    def on_fine_tune_restore(self, report: dict) -> None:
+        """The restore counts as params, the whole report as an artifact."""
+        self.journal.params({f"fine_tune.{key}": report[key] for key in (
+            "restored_variables", "unrestored_variables", "freshly_initialised_variables")})
+        self.journal.artifact(self.args.model_dir / layout.FINE_TUNE_RESTORE_FILE, "fine_tune")
+        self.journal.send()
+
     def on_evaluation(self, step: int, metrics: dict | None) -> None:
         """Every TF event scalar so far, under readable names and without pycocotools' -1
         for empty buckets (the journal skips the points it has)."""

@@ -4,7 +4,8 @@ argparse's ``Namespace`` or the whole params.
 The schedule (number of steps, batch size, peak learning rate) is read from the pipeline.config
 being trained, because that is what the OD API trains: params reach training only through the
 configure stage, which writes them into that config. The train params that are not in the
-config (checkpoint and evaluation intervals, best metric, seed, strategy) are copied in.
+config (checkpoint and evaluation intervals, best metric, seed, strategy, how many steps the
+backbone stays frozen) are copied in.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class TrainingRun:
     seed: int
     num_workers: int = 1
     tpu_name: str = ""
+    freeze_backbone_steps: int = 0  # -1 = throughout, 0 = never, K = the first K steps
     progress_every: float = 10.0  # seconds between progress lines (0: every step)
 
     @property
@@ -58,7 +60,8 @@ class TrainingRun:
         return cls(config=config, schedule=read_schedule(config),
                    checkpoint_every_n=train.checkpoint_every_n, eval_every_n=train.eval_every_n,
                    best_metric=train.best_metric, seed=train.seed,
-                   num_workers=train.num_workers, tpu_name=train.tpu_name, **paths_and_options)
+                   num_workers=train.num_workers, tpu_name=train.tpu_name,
+                   freeze_backbone_steps=train.freeze_backbone_steps, **paths_and_options)
 
 
 def read_schedule(config: Path) -> Schedule:

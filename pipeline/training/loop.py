@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core import compat, layout
+from pipeline.core import compat, files, layout
 from pipeline.core.errors import PipelineError
-from pipeline.odapi import training_hooks
+from pipeline.odapi import freezing, restore_report, training_hooks
 from pipeline.training import checkpoint_eval, cluster
 from pipeline.training.curves import read_scalars, write_curves, write_eval_curves, write_metrics
 from pipeline.training.inputs import TrainingRun, train_record_files
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 #: The events of a training and their callbacks' arguments, in the order they happen.
 EVENTS = {
     "on_train_start": "(): the model directory is ready (fresh, or resumed)",
+    "on_fine_tune_restore": "(report): the checkpoint to fine-tune from was restored (counts, "
+                            "checked by value; written to fine_tune_restore.json)",
     "on_checkpoint": "(step, path): training saved a checkpoint",
     "on_evaluation": "(step, metrics or None): a training segment ended and was evaluated",
     "on_best_checkpoint": "(step, folder): a new best checkpoint, staged, before it is published",
@@ -138,12 +140,19 @@ class SegmentedTraining:
         else:  # Python every 10 steps (any NaN/Inf at once); every step if asked for
             training_hooks.observe_train_steps(monitor, every_n=1 if not run.progress_every else 10)
         training_hooks.observe_checkpoints(self.checkpoint_saved)
+        freezing.freeze_backbone(run.freeze_backbone_steps)
+        restore_report.observe_restores(self.fine_tune_restored)
         try:
             for end in segment_ends(self.step, run.num_steps, run.eval_every_n):
                 self.train_to(end, monitor)
                 self.evaluate(end)
         finally:
             training_hooks.observe_checkpoints(None)
+            restore_report.observe_restores(None)
+
+    def fine_tune_restored(self, report: dict) -> None:
+        files.write_json_atomic(self.run.model_dir / layout.FINE_TUNE_RESTORE_FILE, report)
+        self.fire("on_fine_tune_restore", report)
 
     def checkpoint_saved(self, step: int, path: str) -> None:
         self.step = step

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def fingerprint(config: Path, train: TrainingRun | None = None) -> dict[str, str]:
     """Hashes of what the checkpoints depend on: model graph, classes, train config, train data,
-    and the train params that shape the run (seed, evaluation steps, best metric)."""
+    and the train params that shape the run (seed, evaluation steps, best metric, freezing)."""
     from object_detection.utils import config_util
 
     configs = config_util.get_configs_from_pipeline_file(str(config))
@@ -34,6 +34,8 @@ def fingerprint(config: Path, train: TrainingRun | None = None) -> dict[str, str
     if train is not None:
         parts["train_params"] = (f"seed={train.seed} eval_every_n={train.eval_every_n} "
                                  f"best_metric={train.best_metric}")
+        if train.freeze_backbone_steps:  # only when set: other runs keep their fingerprint
+            parts["train_params"] += f" freeze_backbone_steps={train.freeze_backbone_steps}"
     return {name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in parts.items()}
 
 

@@ -50,6 +50,9 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
         ({"sample": {"classes": ["circle", "blob"]}}, "sample.classes has unknown shape(s) ['blob']"),
         ({"sample": {"classes": "circle"}}, "sample.classes must be a list of str, got 'circle'"),
         ({"train": {"num_steps": 10, "warmup_steps": 10}}, "train.warmup_steps must be smaller"),
+        ({"train": {"num_steps": 10, "warmup_steps": 1, "freeze_backbone_steps": 10}},
+         "train.freeze_backbone_steps must be -1 (throughout), 0 (never) or smaller than"),
+        ({"train": {"freeze_backbone_steps": -2}}, "train.freeze_backbone_steps must be"),
         ({"train": []}, "train must be a mapping, got list"),
         ({"export": {"input_type": "float"}}, "export.input_type must be one of ['image_tensor'"),
     ],
@@ -255,7 +258,8 @@ def test_an_empty_experiment_name_is_refused(name):
                 f"containing it: {str(ROOT)!r}"),
     (str(ROOT.parent), f"not the project ({ROOT}) or a folder containing it"),
     (str(ROOT / "models"), "data.root must be a dataset folder, not one holding the pipeline's "
-                           "outputs ['models/exported', 'models/pipeline.config', 'models/train']"),
+                           "outputs ['models/exported', 'models/pipeline.config', "
+                           "'models/pretrained', 'models/train']"),
     (str(ROOT / "data"), "holding the pipeline's outputs ['data/tfrecords']"),
     (str(ROOT / "data" / "tfrecords"), "holding the pipeline's outputs ['data/tfrecords']"),
     (str(ROOT / "reports"), "holding the pipeline's outputs ['reports/detections.json'"),

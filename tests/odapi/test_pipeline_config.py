@@ -151,11 +151,57 @@ def test_score_threshold_and_nms_reach_the_final_post_processing(data_dir, name)
 
 
 def test_a_local_checkpoint_is_fine_tuned_as_a_detection_checkpoint(data_dir, tmp_path):
-    prefix = tmp_path / "ckpt" / "ckpt-0"
-    prefix.parent.mkdir()
-    Path(f"{prefix}.index").write_bytes(b"")
+    prefix = Path(local_checkpoint(tmp_path))
     configs = render_to_file(data_dir, ModelParams(name="efficientdet_d0",
                                                    checkpoint=str(prefix)))
     tc = configs["train_config"]
     assert tc.fine_tune_checkpoint == str(prefix.resolve())
     assert tc.fine_tune_checkpoint_type == "detection"  # not the zoo configs' "classification"
+
+
+def local_checkpoint(tmp_path: Path) -> str:
+    """A checkpoint prefix (an empty .index: configure only checks that it exists)."""
+    prefix = tmp_path / "ckpt" / "ckpt-0"
+    prefix.parent.mkdir(exist_ok=True)
+    Path(f"{prefix}.index").write_bytes(b"")
+    return str(prefix)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_fine_tuning_lowers_the_learning_rate_and_uses_the_templates_warmup(name, data_dir,
+                                                                           tmp_path):
+    from pipeline.odapi import templates as zoo
+
+    spec, train = zoo.spec_for(name), TrainParams(batch_size=8, num_steps=1000)
+    scratch = cosine_of(pipeline_config.render(ModelParams(name=name), train, data_dir))
+    tuned = cosine_of(pipeline_config.render(
+        ModelParams(name=name, checkpoint=local_checkpoint(tmp_path)), train, data_dir))
+    peak = spec.reference_learning_rate * 8 / spec.reference_batch_size
+    assert scratch.learning_rate_base == pytest.approx(peak)
+    assert scratch.warmup_steps == train.warmup_steps
+    assert tuned.learning_rate_base == pytest.approx(peak * spec.finetune_learning_rate_factor)
+    assert tuned.learning_rate_base < scratch.learning_rate_base
+    assert tuned.warmup_steps == round(spec.finetune_warmup_fraction * 1000)
+    assert tuned.warmup_learning_rate == pytest.approx(
+        tuned.learning_rate_base * spec.finetune_warmup_start_fraction)
+    # An explicit train.learning_rate is used as given (still scaled to the batch size).
+    explicit = pipeline_config.peak_learning_rate(
+        ModelParams(name=name, checkpoint="zoo"), TrainParams(batch_size=8, learning_rate=0.2))
+    assert explicit == pytest.approx(0.2 * 8 / spec.reference_batch_size)
+
+
+@pytest.mark.parametrize("steps", [-1, 300])
+def test_freeze_backbone_writes_the_templates_backbone_regexes_to_freeze_variables(
+        steps, data_dir, tmp_path):
+    from pipeline.odapi import templates as zoo
+
+    model = ModelParams(name="efficientdet_d0", checkpoint=local_checkpoint(tmp_path))
+    configs = render_to_file(data_dir, model, TrainParams(freeze_backbone_steps=steps))
+    assert list(configs["train_config"].freeze_variables) == list(
+        zoo.spec_for("efficientdet_d0").backbone_variables) != []
+    assert not render_to_file(data_dir, model, TrainParams())["train_config"].freeze_variables
+
+
+def test_freezing_a_backbone_trained_from_scratch_is_refused(data_dir):
+    with pytest.raises(PipelineError, match="freeze_backbone_steps needs pretrained weights"):
+        pipeline_config.render(ModelParams(), TrainParams(freeze_backbone_steps=-1), data_dir)

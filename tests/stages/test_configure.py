@@ -18,7 +18,8 @@ def test_configure_logs_the_rendered_config_and_resolved_values(tmp_path, monkey
                     mlflow=MlflowParams(tracking_uri=uri))
     output = tmp_path / "models" / "pipeline.config"
     data_dir = write_convert_output(tmp_path / "data")
-    configure.run(argparse.Namespace(data=data_dir, output=output), params)
+    configure.run(argparse.Namespace(data=data_dir, output=output,
+                                     pretrained=tmp_path / "no-pretrained-stage"), params)
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("object-detection").experiment_id])[0]
     assert float(run.data.params["resolved.learning_rate"]) == pytest.approx(0.08 * 4 / 128)

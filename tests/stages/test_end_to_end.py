@@ -61,7 +61,7 @@ def project(tmp_path_factory) -> Path:
     run(["dvc", "config", "core.no_scm", "false"], project)
     (project / ".gitignore").write_text("mlflow.db\nmlruns/\n")
     assert stages_run(run(["dvc", "repro"], project).stdout) == {
-        "sample", "convert", "configure", "train", "export", "report"}
+        "sample", "convert", "pretrained", "configure", "train", "export", "report"}
     run(["git", "add", "-A"], project)
     run(["git", *GIT_IDENTITY, "commit", "-qm", "baseline"], project)
     return project
@@ -215,7 +215,8 @@ def test_a_missing_dataset_root_is_named_before_any_stage_runs(tmp_path):
 OTHER_MODEL = "ssd_mobilenet_v2_320"
 
 
-def test_switching_the_model_reruns_configure_train_export_report_only(project, monkeypatch):
+def test_switching_the_model_reruns_pretrained_configure_train_export_report_only(project,
+                                                                                 monkeypatch):
     for var in ("AUTHOR", "COMMITTER"):  # dvc exp run commits the experiment
         monkeypatch.setenv(f"GIT_{var}_NAME", "test")
         monkeypatch.setenv(f"GIT_{var}_EMAIL", "test@example.com")
@@ -223,7 +224,7 @@ def test_switching_the_model_reruns_configure_train_export_report_only(project, 
     status = json.loads(run(["dvc", "status", "--json", "configure"], project).stdout)
     assert status == {}
     result = run(["dvc", "exp", "run", "-S", f"model.name={OTHER_MODEL}"], project)
-    assert stages_run(result.stdout) == {"configure", "train", "export", "report"}
+    assert stages_run(result.stdout) == {"pretrained", "configure", "train", "export", "report"}
     assert (project / "data/sample").stat().st_mtime_ns == sample_before
     config = (project / "models/pipeline.config").read_text()
     assert "ssd_mobilenet_v2_keras" in config and "ssd_mobilenet_v2_fpn_keras" not in config

@@ -52,3 +52,19 @@ def test_the_journal_follows_the_training_events(tmp_path):
     callbacks.on_train_end()
     assert journal.calls == [("status", "FAILED"), ("send",), ("artifact", tmp_path / "m.json",
                              "eval"), ("status", "FINISHED"), ("send",)]
+
+
+def test_the_restore_report_goes_to_the_journal(tmp_path):
+    from argparse import Namespace
+
+    from pipeline.core import layout
+    from pipeline.core.params import Params
+
+    journal = FakeJournal()
+    callbacks = train.JournalCallbacks(journal, Namespace(model_dir=tmp_path), Params())
+    callbacks.on_fine_tune_restore({"restored_variables": 284, "unrestored_variables": 0,
+                                    "freshly_initialised_variables": 42, "unrestored": []})
+    assert journal.calls == [
+        ("params", {"fine_tune.restored_variables": 284, "fine_tune.unrestored_variables": 0,
+                    "fine_tune.freshly_initialised_variables": 42}),
+        ("artifact", tmp_path / layout.FINE_TUNE_RESTORE_FILE, "fine_tune"), ("send",)]

@@ -150,6 +150,8 @@ def fake_od_api(tmp_path, monkeypatch):
         flags = dict(a.lstrip("-").split("=", 1) for a in argv[1:])
         model_dir = Path(flags["model_dir"])
         if not (model_dir / "checkpoint").is_file():
+            if state.get("restored"):  # as hook E reports a fine-tuning restore
+                loop.restore_report._callback(state["restored"])
             save(model_dir, 0)  # as train_loop does before its first step
         if state["nan_at"]:
             state["monitor"](state["nan_at"], math.nan)
@@ -177,6 +179,20 @@ def test_the_loop_reports_its_events_to_an_attached_tracker(tmp_path, fake_od_ap
     assert fake_od_api["disk_reads"] == 0  # a fresh directory: nothing to read
     with pytest.raises(ValueError, match="unknown training event 'on_epoch'"):
         training.add_callback("on_epoch", print)
+
+
+def test_a_fine_tuning_restore_is_written_and_reported_once(tmp_path, fake_od_api):
+    from pipeline.core import layout
+
+    fake_od_api["restored"] = {"restored_variables": 7, "unrestored_variables": 0}
+    training = loop.SegmentedTraining(make_run(tmp_path / "p.config"))
+    reports = []
+    training.add_callback("on_fine_tune_restore", reports.append)
+    training.train()
+    assert reports == [fake_od_api["restored"]]  # the second segment resumes: no restore
+    written = tmp_path / "train" / layout.FINE_TUNE_RESTORE_FILE
+    assert json.loads(written.read_text()) == fake_od_api["restored"]
+    assert loop.restore_report._callback is None  # not left behind after training
 
 
 def test_a_nan_loss_reports_failure_not_end_and_names_the_last_checkpoint(tmp_path,

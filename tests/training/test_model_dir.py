@@ -84,6 +84,10 @@ def test_fingerprint_changes_with_the_model_and_the_classes_not_with_nothing(tmp
     seeded = training_dir.fingerprint(config, make_run(config, seed=1))
     reseeded = training_dir.fingerprint(config, make_run(config, seed=2))
     assert seeded["train_params"] != reseeded["train_params"]
+    frozen = training_dir.fingerprint(config, make_run(config, seed=1, freeze_backbone_steps=5))
+    assert frozen["train_params"] != seeded["train_params"]  # not resumed with other freezing
+    assert training_dir.fingerprint(config, make_run(config, seed=1, freeze_backbone_steps=0)
+                                    ) == seeded  # 0 (the default) keeps older fingerprints
 
 
 def test_copy_best_writes_a_checkpoint_directory_export_can_read(tmp_path):
