@@ -29,7 +29,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.core import layout
 from pipeline.core.records import ImageRecord
-from pipeline.data.checks import Issue, file_name, prepare_image
+from pipeline.data.checks import Issue, file_name, prepare_image, stored_jpeg_sha256
 from pipeline.data.health import box_size_bin, empty_summary
 from pipeline.data.labelmap import LabelMap
 from pipeline.data.tfexample import build_example
@@ -152,7 +152,8 @@ class WriteShardFn(beam.DoFn):
         if prepared is None:
             return outputs, False
         clean = prepared.record
-        example = build_example(clean, prepared.jpeg, self.label_map)
+        example = build_example(clean, prepared.jpeg, self.label_map,
+                                stored_jpeg_sha256(prepared, issues))
         _TFRecordUtil.write_record(out, example.SerializeToString())  # Beam's TFRecord framing
         Metrics.counter(METRICS_NAMESPACE, "images_written").inc()
         stats = ([o.label for o in clean.objects], [math.sqrt(o.area) for o in clean.objects])
