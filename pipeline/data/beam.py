@@ -11,15 +11,16 @@ issues and per-split summaries are written as JSON Lines to ``WORK_DIR`` for the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import pickle
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -51,7 +52,8 @@ CONTENT_TAG = "content"
 
 class ShardTask(NamedTuple):
     """One shard to write, ``{split}.tfrecord-{index}-of-{count}``; its records are in the file
-    ``records`` (pickled by the driver: Beam's Create would compress them, seconds per 10,000)."""
+    ``records`` (pickled one by one by the driver: Beam's Create would compress them, seconds
+    per 10,000, and would hold them all)."""
 
     split: str
     index: int
@@ -68,29 +70,43 @@ class ConvertOutputs(NamedTuple):
 
 
 def shard_tasks(
-    records: Sequence[ImageRecord], shards: Mapping[str, int], folder: str
+    records: Iterable[ImageRecord], shards: Mapping[str, int], folder: str
 ) -> list[ShardTask]:
-    """Records dealt round-robin into their split's shards (every shard exists, maybe empty);
-    each shard's records are written to a file in ``folder``."""
-    tasks = []
-    for split, count in shards.items():
-        in_split = [r for r in records if r.split == split]
-        for index in range(count):
-            path = FileSystems.join(folder, f"{split}-{index:05d}.pickle")
-            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-                out.write(pickle.dumps(tuple(in_split[index::count]), pickle.HIGHEST_PROTOCOL))
-            tasks.append(ShardTask(split, index, count, path))
-    return tasks
+    """Records dealt round-robin into their split's shards (every shard exists, maybe empty),
+    in one pass: each record is appended to its shard's file in ``folder`` as it comes, so the
+    driver never holds more than one (its memory does not grow with the dataset)."""
+    tasks = {(split, index): ShardTask(split, index, count,
+                                       FileSystems.join(folder, f"{split}-{index:05d}.pickle"))
+             for split, count in shards.items() for index in range(count)}
+    dealt = Counter[str]()
+    with contextlib.ExitStack() as stack:
+        files = {key: stack.enter_context(FileSystems.create(
+            task.records, compression_type=CompressionTypes.UNCOMPRESSED))
+            for key, task in tasks.items()}
+        for record in records:
+            index = dealt[record.split] % shards[record.split]
+            dealt[record.split] += 1
+            pickle.dump(record, files[record.split, index], pickle.HIGHEST_PROTOCOL)
+    return list(tasks.values())
 
 
 def load_shard_records(path: str) -> tuple[ImageRecord, ...]:
     """The records :func:`shard_tasks` wrote (our own file, never user input)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return pickle.loads(handle.read())
+        return tuple(read_pickled(handle))
+
+
+def read_pickled(handle: IO[bytes]) -> Iterator[Any]:
+    """The objects pickled one after the other into ``handle`` (our own files only)."""
+    while True:
+        try:
+            yield pickle.load(handle)
+        except EOFError:
+            return
 
 
 def build_pipeline(
-    p: beam.Pipeline, records: Sequence[ImageRecord], output_dir: Path,
+    p: beam.Pipeline, records: Iterable[ImageRecord], output_dir: Path,
     label_map: LabelMap, num_shards_by_split: Mapping[str, int], size_mismatch: str = "skip",
 ) -> ConvertOutputs:
     """Add the conversion to ``p``: shards in ``output_dir``, issues and summaries in WORK_DIR."""

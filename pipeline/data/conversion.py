@@ -1,8 +1,10 @@
 """The convert driver: a VOC or COCO dataset -> sharded TFRecords, a label map and a data report.
 
-The driver reads the annotation metadata (small: no image is opened) into records
-(:class:`~pipeline.core.records.ImageRecord`) with the reader of ``data.format``, builds the
-label map and deals the records into shards. The Beam graph (:mod:`pipeline.data.beam`) then writes
+The driver reads the annotation metadata (no image is opened) into records
+(:class:`~pipeline.core.records.ImageRecord`) with the reader of ``data.format``, one at a time:
+it keeps only counts (images per split, boxes per label) and spools the records to a temporary
+file (:func:`list_dataset`), so its memory does not grow with the dataset. It builds the label
+map from the counts and deals the spooled records into shard files. The Beam graph (:mod:`pipeline.data.beam`) then writes
 each shard on a worker, through the per-image checks of :mod:`pipeline.data.checks`; the report
 (:mod:`pipeline.data.health`) is built from its side outputs and counters.
 
@@ -14,10 +16,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -29,9 +35,11 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.files import staged_output, write_json_atomic, write_text_atomic
 from pipeline.core.params import ConvertParams, DataParams
 from pipeline.core.records import SPLITS, ImageRecord
-from pipeline.data.beam import METRICS_NAMESPACE, WORK_DIR, build_pipeline, read_side_outputs
+from pipeline.data.beam import (
+    METRICS_NAMESPACE, WORK_DIR, build_pipeline, read_pickled, read_side_outputs,
+)
 from pipeline.data.health import build_report, report_markdown, write_plots
-from pipeline.data.labelmap import LabelMap, build_label_map, write_label_map
+from pipeline.data.labelmap import LabelMap, label_map_for, write_label_map
 from pipeline.data.readers import registry
 
 log = logging.getLogger(__name__)
@@ -57,18 +65,18 @@ def convert_dataset(
     PipelineError when the dataset cannot be read or the train split ends up empty.
     """
     inputs = [p for p in (data.root, images, annotations) if p]
-    with staged_output(output_dir, inputs) as partial:  # refuses a foreign folder before work
-        records = read_dataset(data, images, annotations)
-        label_map = build_label_map(data.classes, records)
-        check_unknown_classes(records, label_map, data)
-        _require_train(Counter(r.split for r in records)["train"], "has no images")
-        shards = num_shards_by_split(records, convert.num_shards)
-        return _convert_into(partial, data, convert, records, label_map, shards)
+    with staged_output(output_dir, inputs) as partial, tempfile.TemporaryFile() as spool:
+        listing = list_dataset(read_dataset(data, images, annotations), spool)
+        label_map = label_map_for(data.classes, listing.labels)
+        check_unknown_classes(listing.labels, label_map, data)
+        _require_train(listing.splits["train"], "has no images")
+        shards = num_shards_by_split(listing.splits, convert.num_shards)
+        return _convert_into(partial, data, convert, listing, label_map, shards)
 
 
 def read_dataset(
     data: DataParams, images: str | None = None, annotations: str | None = None
-) -> list[ImageRecord]:
+) -> Iterable[ImageRecord]:
     """Records of every split, from the reader of ``data.format``."""
     root = Path(data.root)
     if not (images or annotations) and not root.is_dir():
@@ -76,21 +84,48 @@ def read_dataset(
     return registry.reader(data.format)(root, data, images, annotations)
 
 
-def check_unknown_classes(records: Sequence[ImageRecord], label_map: LabelMap,
+@dataclass(frozen=True)
+class Listing:
+    """What the driver keeps of a dataset: images per split and boxes per label. The records
+    themselves wait in ``spool`` (a temporary file), so the driver's memory does not grow with
+    the dataset."""
+
+    splits: Counter[str]
+    labels: Counter[str]
+    spool: IO[bytes]
+
+    def records(self) -> Iterator[ImageRecord]:
+        """The records, read back one at a time in the reader's order."""
+        self.spool.seek(0)
+        return read_pickled(self.spool)
+
+
+def list_dataset(records: Iterable[ImageRecord], spool: IO[bytes]) -> Listing:
+    """Count ``records`` while writing them to ``spool`` (consumed once, never all in memory)."""
+    splits, labels = Counter[str](), Counter[str]()
+    for record in records:
+        splits[record.split] += 1
+        labels.update(obj.label for obj in record.objects)
+        pickle.dump(record, spool, pickle.HIGHEST_PROTOCOL)
+    return Listing(splits, labels, spool)
+
+
+def check_unknown_classes(labels: Mapping[str, int], label_map: LabelMap,
                           data: DataParams) -> None:
-    """With ``data.unknown_classes: error``, stop when a label is not in ``data.classes``."""
-    unknown = Counter(o.label for r in records for o in r.objects if o.label not in label_map)
+    """With ``data.unknown_classes: error``, stop when a label (``labels``: boxes per label) is
+    not in ``data.classes``."""
+    unknown = {label: n for label, n in labels.items() if label not in label_map}
     if unknown and data.unknown_classes == "error":
         found = ", ".join(f"{name!r} ({n} boxes)" for name, n in sorted(unknown.items()))
         raise PipelineError(f"labels not in data.classes: {found}; add them to data.classes "
                             "or set data.unknown_classes: skip")
 
 
-def num_shards_by_split(records: Sequence[ImageRecord], num_shards: int) -> dict[str, int]:
-    """``num_shards`` for every split, or (0 = auto) one shard per IMAGES_PER_SHARD images."""
-    counts = Counter(record.split for record in records)
-    return {s: num_shards or max(1, math.ceil(counts[s] / IMAGES_PER_SHARD)) for s in SPLITS}
-
+def num_shards_by_split(images: Mapping[str, int], num_shards: int) -> dict[str, int]:
+    """``num_shards`` for every split, or (0 = auto) one shard per IMAGES_PER_SHARD of its
+    ``images``."""
+    return {s: num_shards or max(1, math.ceil(images.get(s, 0) / IMAGES_PER_SHARD))
+            for s in SPLITS}
 
 
 def pipeline_options(convert: ConvertParams, num_images: int) -> PipelineOptions:
@@ -127,17 +162,18 @@ def make_runner(options: PipelineOptions) -> PipelineRunner | None:
 
 
 def _convert_into(
-    partial: Path, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
+    partial: Path, data: DataParams, convert: ConvertParams, listing: Listing,
     label_map: LabelMap, shards: Mapping[str, int],
 ) -> dict:
-    log.info("converting %d images (shards: %s) to %s", len(records), dict(shards), partial)
-    options = pipeline_options(convert, len(records))
+    num_images = sum(listing.splits.values())
+    log.info("converting %d images (shards: %s) to %s", num_images, dict(shards), partial)
+    options = pipeline_options(convert, num_images)
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-    build_pipeline(pipeline, records, partial, label_map, shards, data.size_mismatch)
+    build_pipeline(pipeline, listing.records(), partial, label_map, shards, data.size_mismatch)
     result = pipeline.run()
     result.wait_until_finish()
     issues, summaries = read_side_outputs(partial / WORK_DIR)
-    report = build_report(data, label_map, records, summaries, issues, shards)
+    report = build_report(data, label_map, listing.splits, summaries, issues, shards)
     report["counters"] = beam_counters(result)
     _require_train(report["splits"]["train"]["images"], "has no usable images (all skipped)")
     shutil.rmtree(partial / WORK_DIR)
