@@ -29,9 +29,11 @@ STAGES = {
     "predict": ("pipeline.stages.predict", "run an exported model on images, folders and videos"),
     "sync-mlflow": ("pipeline.stages.sync_mlflow", "send MLflow records a training kept locally"),
     "check-params": ("pipeline.stages.check_params", "validate the params file (run before dvc repro)"),
+    "compare": ("pipeline.stages.compare",
+                "experiments side by side: key params and test mAP (from dvc exp show)"),
 }
 #: Stages that need no params file (usable outside a project): without --params, the defaults.
-WITHOUT_PARAMS = {"predict"}
+WITHOUT_PARAMS = {"predict", "compare"}
 VERBOSE_FLAGS = ("--verbose", "-v")
 
 

@@ -1,7 +1,6 @@
 """The documentation: a README that fits on a screen, no dead relative link, a fresh params reference."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -10,7 +9,8 @@ import networkx
 import pytest
 from markdown_it import MarkdownIt
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT, load_script
+
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MAX_README_LINES = 300
@@ -18,11 +18,7 @@ MAX_README_LINES = 300
 
 def load_params_reference():
     """tools/params_reference.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("params_reference",
-                                                  ROOT / "tools" / "params_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/params_reference.py")
 
 
 def link_targets(markdown: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""What every stage shares: params, the file layout, file writes, logs, errors, stack shims."""

@@ -59,6 +59,18 @@ def set_verbose(flag: bool) -> None:
     apply()
 
 
+class _TensorflowDeprecations(logging.Filter):
+    """TensorFlow's deprecation notices about the OD API's own code ("From ...: X (from ...) is
+    deprecated ... Instructions for updating:") come as WARNINGs on every run; the user cannot act
+    on them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or "Instructions for updating" not in str(record.msg)
+
+
+_DEPRECATIONS = _TensorflowDeprecations()
+
+
 def apply() -> None:
     """Apply the current setting to TensorFlow's C++ log, Python loggers and warnings."""
     loud = verbose()
@@ -67,6 +79,9 @@ def apply() -> None:
     level = logging.NOTSET if loud else logging.WARNING
     for name in STACK_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    tf_logger = logging.getLogger("tensorflow")
+    if _DEPRECATIONS not in tf_logger.filters:
+        tf_logger.addFilter(_DEPRECATIONS)
     if loud:
         return
     warnings.filterwarnings("ignore", module=STACK_WARNING_MODULES)

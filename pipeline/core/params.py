@@ -10,6 +10,7 @@ precisions, templates) come from the modules that own them.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,7 +116,7 @@ def _pipeline_outputs() -> tuple[str, ...]:
 
 #: Beam runners ``convert.runner`` may name; any other runner by its class path.
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner",
-                "PrismRunner")
+                "PrismRunner", "dask")
 _CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
@@ -126,6 +127,7 @@ class ConvertParams:
     num_shards: StrictInt = Field(0, ge=0, le=10_000)
     runner: StrictStr = "DirectRunner"
     direct_num_workers: StrictInt = Field(0, ge=0, le=1024)
+    dask_address: StrictStr = ""
     pipeline_args: Names = ()
 
     @field_validator("runner")
@@ -290,6 +292,27 @@ class Params:
     export: ExportParams = Field(default_factory=ExportParams)
     report: ReportParams = Field(default_factory=ReportParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+
+    @model_validator(mode="after")
+    def _dataset_exists(self) -> Params:
+        # Here, not on DataParams: every stage loads the whole file, so under `dvc repro` this
+        # message comes first (from the sample stage), before DVC's own "missing dependency"
+        # for convert; convert's --input builds DataParams for a root it then checks itself.
+        _require_dataset_root(self.data.root)
+        return self
+
+
+def _require_dataset_root(root: str) -> None:
+    """Refuse a local ``data.root`` that does not exist, unless it is the sample folder (the
+    sample stage writes it before convert reads it)."""
+    if "://" in root or Path(os.path.normpath(root)) == layout.SAMPLE_DIR:
+        return
+    path = Path(root).expanduser()
+    if path.resolve() == (PROJECT_ROOT / layout.SAMPLE_DIR).resolve() or path.is_dir():
+        return
+    what = "is not a folder" if path.exists() else "does not exist"
+    raise ParamsError(f"data.root {root!r} {what} (from {Path.cwd()}); set data.root to your "
+                      f"dataset folder, or {str(layout.SAMPLE_DIR)!r} for the built-in sample")
 
 
 def load_params(path: str | Path = layout.PARAMS_FILE) -> Params:

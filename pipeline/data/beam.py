@@ -1,13 +1,19 @@
-"""The Beam graph of the convert stage: shard tasks -> TFRecord shards, issues and summaries.
+"""The Beam graph of the convert stage: shard tasks -> TFRecord shards and one results file.
 
 :func:`build_pipeline` adds the conversion to any pipeline (a real runner, or Beam's
 ``TestPipeline`` in tests). The driver deals the records into shards (:func:`shard_tasks`);
 ``WriteShards`` writes each shard on a worker, one image at a time (only one image is in a
 worker's memory, so memory does not grow with the dataset), through the per-image checks of
-:mod:`pipeline.data.checks`. Every fix or skip increments a counter in the ``convert`` metrics
-namespace and becomes an issue; identical content in two splits is reported as leakage. The
-issues and per-split summaries are written as JSON Lines to ``WORK_DIR`` for the driver
-(:func:`read_side_outputs`).
+:mod:`pipeline.data.checks`, and emits one :class:`ShardResult` per shard: its issues, its
+split's statistics and its images' content hashes. ``GatherShards`` brings the shard results
+together and ``WriteResults`` merges them (split summaries, duplicate and leakage issues,
+counters) into ``WORK_DIR/results.json`` for the driver (:func:`read_results`). Every fix or
+skip also increments a counter in the ``convert`` metrics namespace, for runners that show them.
+
+The graph is one straight chain with one sink on purpose: Beam's DaskRunner (2.77) computes only
+the last sink of a pipeline, does not separate tagged outputs and duplicated elements in a
+``GroupByKey`` after a ``Flatten``; :func:`dask_problems` names such steps so that a graph that
+would give a different result on Dask is refused, never run.
 """
 from __future__ import annotations
 
@@ -16,10 +22,9 @@ import json
 import logging
 import math
 import pickle
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import apache_beam as beam
@@ -27,9 +32,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
+from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
+from apache_beam.runners.common import DoFnSignature
 
 from pipeline.core import layout
-from pipeline.core.records import ImageRecord
+from pipeline.core.records import SPLITS, ImageRecord
 from pipeline.data.checks import Issue, file_name, prepare_image, stored_jpeg_sha256
 from pipeline.data.health import box_size_bin, empty_summary
 from pipeline.data.labelmap import LabelMap
@@ -37,17 +44,13 @@ from pipeline.data.tfexample import build_example
 
 log = logging.getLogger(__name__)
 
-#: Beam's side outputs (issues, per-split summaries) go here, inside the partial output.
+#: The gathered results go here, inside the partial output; the driver deletes it.
 WORK_DIR = "_beam"
-#: The side outputs' files in WORK_DIR (``.jsonl`` added).
-ISSUES_FILE = "issues"
-SUMMARIES_FILE = "summaries"
+#: The results file in WORK_DIR (:func:`read_results`).
+RESULTS_FILE = "results.json"
 #: A worker logs its progress every this many images of a shard.
 PROGRESS_EVERY = 250
 METRICS_NAMESPACE = "convert"
-ISSUES_TAG = "issues"
-STATS_TAG = "stats"
-CONTENT_TAG = "content"
 
 
 class ShardTask(NamedTuple):
@@ -61,12 +64,17 @@ class ShardTask(NamedTuple):
     records: str
 
 
-class ConvertOutputs(NamedTuple):
-    """The PCollections :func:`build_pipeline` produces (for tests and further steps)."""
+class ShardResult(NamedTuple):
+    """What one written shard reports: its file, images written, issues (``Issue`` as dicts),
+    its split's statistics (a :class:`SplitSummaryFn` accumulator) and (sha256, file) of
+    every image written (for the duplicate and leakage checks)."""
 
-    shards: beam.PCollection  # (split, shard file name, images written)
-    issues: beam.PCollection  # Issue as a dict
-    summaries: beam.PCollection  # (split, summary dict, see SplitSummaryFn)
+    split: str
+    file: str
+    images: int
+    issues: list[dict]
+    summary: dict
+    content: list[tuple[str, str]]
 
 
 def shard_tasks(
@@ -106,93 +114,103 @@ def read_pickled(handle: IO[bytes]) -> Iterator[Any]:
 
 
 def build_pipeline(
-    p: beam.Pipeline, records: Iterable[ImageRecord], output_dir: Path,
+    p: beam.Pipeline, records: Iterable[ImageRecord], output_dir: str,
     label_map: LabelMap, num_shards_by_split: Mapping[str, int], size_mismatch: str = "skip",
-) -> ConvertOutputs:
-    """Add the conversion to ``p``: shards in ``output_dir``, issues and summaries in WORK_DIR."""
-    output_dir, work = Path(output_dir), Path(output_dir) / WORK_DIR
-    written = (
+) -> beam.PCollection:
+    """Add the conversion to ``p``: shards in ``output_dir`` (a local or remote folder), the
+    results in ``WORK_DIR/RESULTS_FILE``. Returns the PCollection of the one results dict."""
+    output_dir = str(output_dir)
+    work = FileSystems.join(output_dir, WORK_DIR)
+    return (
         p
         | "CreateShards" >> beam.Create(
-            shard_tasks(records, num_shards_by_split, str(work / "tasks")))
+            shard_tasks(records, num_shards_by_split, FileSystems.join(work, "tasks")))
         # Create emits one bundle; a reshuffle lets the runner spread shards over its workers.
         | "Distribute" >> beam.Reshuffle()
-        | "WriteShards" >> beam.ParDo(
-            WriteShardFn(output_dir, label_map, size_mismatch)).with_outputs(
-            ISSUES_TAG, STATS_TAG, CONTENT_TAG, main="shards")
+        | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, label_map, size_mismatch))
+        | "GatherShards" >> beam.GroupBy(lambda _: "all")
+        | "WriteResults" >> beam.Map(write_results, FileSystems.join(work, RESULTS_FILE))
     )
-    summaries = written[STATS_TAG] | "SummariseSplits" >> beam.CombinePerKey(SplitSummaryFn())
-    duplicates = written[CONTENT_TAG] | "FindDuplicateContent" >> FindDuplicateContent()
-    issues = (written[ISSUES_TAG], duplicates) | "AllIssues" >> beam.Flatten()
-    _ = issues | "WriteIssues" >> WriteJsonLines(work / ISSUES_FILE, dict)
-    _ = summaries | "WriteSummaries" >> WriteJsonLines(work / SUMMARIES_FILE, list)
-    return ConvertOutputs(written.shards, issues, summaries)
 
 
 class WriteShardFn(beam.DoFn):
-    """ShardTask -> its TFRecord file, written one image at a time (memory stays flat).
+    """ShardTask -> its TFRecord file, written one image at a time (memory stays flat), and one
+    :class:`ShardResult`."""
 
-    Main output: (split, file name, images written). Tagged outputs: issues (``Issue`` as a
-    dict: Beam encodes dicts natively but pickles dataclasses, ~0.5 ms each), stats
-    ((split, (labels, box sizes)) per image written) and content ((sha256, (split, file))).
-    """
-
-    def __init__(self, output_dir: Path, label_map: LabelMap, size_mismatch: str = "skip"):
+    def __init__(self, output_dir: str, label_map: LabelMap, size_mismatch: str = "skip"):
         super().__init__()
         self.output_dir = str(output_dir)
         self.label_map = dict(label_map)
         self.size_mismatch = size_mismatch
 
-    def process(self, task: ShardTask) -> Iterator[Any]:
+    def process(self, task: ShardTask) -> Iterator[ShardResult]:
         name = layout.shard_name(task.split, task.index, task.count)
         path = FileSystems.join(self.output_dir, name)
-        records, written = load_shard_records(task.records), 0
+        records = load_shard_records(task.records)
+        result = ShardResult(task.split, name, 0, [], SplitSummaryFn().create_accumulator(), [])
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             for position, record in enumerate(records, start=1):
-                outputs, wrote = self._convert(record, out)
-                written += wrote
-                yield from outputs
+                result = self._convert(record, out, result)
                 if position % PROGRESS_EVERY == 0 or position == len(records):
                     log.info("convert: %s: %d/%d images", name, position, len(records))
         Metrics.counter(METRICS_NAMESPACE, "shards_written").inc()
-        yield task.split, name, written
+        yield result
 
-    def _convert(self, record: ImageRecord, out: Any) -> tuple[list[Any], bool]:
-        """Write one image's example to ``out``: (its tagged outputs, whether it was written)."""
+    def _convert(self, record: ImageRecord, out: Any, result: ShardResult) -> ShardResult:
+        """Write one image's example to ``out``; ``result`` with the image added."""
         issues: list[Issue] = []
         prepared = prepare_image(record, self.label_map, issues, self.size_mismatch)
-        outputs: list[Any] = []
         for issue in issues:
             Metrics.counter(METRICS_NAMESPACE, issue.reason).inc()
-            outputs.append(beam.pvalue.TaggedOutput(ISSUES_TAG, asdict(issue)))
+            result.issues.append(asdict(issue))
         if prepared is None:
-            return outputs, False
+            return result
         clean = prepared.record
         example = build_example(clean, prepared.jpeg, self.label_map,
                                 stored_jpeg_sha256(prepared, issues))
         _TFRecordUtil.write_record(out, example.SerializeToString())  # Beam's TFRecord framing
         Metrics.counter(METRICS_NAMESPACE, "images_written").inc()
         stats = ([o.label for o in clean.objects], [math.sqrt(o.area) for o in clean.objects])
-        content = (prepared.content_sha256, (clean.split, file_name(record)))
-        outputs += [beam.pvalue.TaggedOutput(STATS_TAG, (clean.split, stats)),
-                    beam.pvalue.TaggedOutput(CONTENT_TAG, content)]
-        return outputs, True
+        SplitSummaryFn().add_input(result.summary, stats)
+        result.content.append((prepared.content_sha256, file_name(record)))
+        return result._replace(images=result.images + 1)
 
 
-class FindDuplicateContent(beam.PTransform):
-    """(content sha256, (split, file)) -> Issues: ``leakage`` when the same content is in two
-    splits, ``duplicate_image`` when it is twice in one split."""
+def write_results(gathered: tuple[Any, Iterable[ShardResult]], path: str) -> dict:
+    """The shard results merged (see :func:`merge_shard_results`), written to ``path``."""
+    results = merge_shard_results(gathered[1])
+    with FileSystems.create(path, mime_type="application/json",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as out:
+        out.write(json.dumps(results, sort_keys=True).encode("utf-8"))
+    return results
 
-    def expand(self, content: beam.PCollection) -> beam.PCollection:
-        return (
-            content
-            | "GroupByContent" >> beam.GroupByKey()
-            | "DuplicateIssues" >> beam.FlatMap(lambda kv: duplicate_issues(kv[1]))
-        )
+
+def merge_shard_results(shard_results: Iterable[ShardResult]) -> dict:
+    """``shards`` ([[split, file, images]], sorted), ``summaries`` ({split: summary}),
+    ``issues`` (sorted, with the duplicate and leakage issues) and ``counters`` ({name: n}:
+    every issue reason, ``images_written``, ``shards_written``: what the ``convert`` metrics
+    count, for runners without metrics)."""
+    shards, issues, by_split = [], [], defaultdict(list)
+    content: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for shard in shard_results:
+        shards.append([shard.split, shard.file, shard.images])
+        issues += shard.issues
+        by_split[shard.split].append(shard.summary)
+        for sha, file in shard.content:
+            content[sha].append((shard.split, file))
+    for entries in content.values():
+        issues += duplicate_issues(entries)
+    summaries = {split: SplitSummaryFn().merge_accumulators(by_split[split])
+                 for split in SPLITS if split in by_split}
+    counters = Counter(issue["reason"] for issue in issues)
+    counters.update(images_written=sum(s[2] for s in shards), shards_written=len(shards))
+    return {"shards": sorted(shards), "summaries": summaries, "counters": dict(sorted(counters.items())),
+            "issues": sorted(issues, key=lambda i: (i["split"], i["file"], i["reason"], i["detail"]))}
 
 
 def duplicate_issues(entries: Iterable[tuple[str, str]]) -> Iterator[dict]:
-    """Issues for one content hash: every file when it spans splits, else all but the first."""
+    """Issues for one content hash, given its (split, file) entries: ``leakage`` for every
+    file when it spans splits, else ``duplicate_image`` for all but the first."""
     entries = sorted(set(entries))
     if len(entries) < 2:
         return
@@ -206,22 +224,6 @@ def duplicate_issues(entries: Iterable[tuple[str, str]]) -> Iterator[dict]:
         Metrics.counter(METRICS_NAMESPACE, reason).inc()
         yield asdict(Issue(file, split, reason, "suspicious",
                            "same content as " + ", ".join(others[:3]) + more))
-
-
-class WriteJsonLines(beam.PTransform):
-    """Elements -> one ``<prefix>.jsonl`` file, each element as ``to_json(element)``."""
-
-    def __init__(self, prefix: Path, to_json: Any):
-        super().__init__()
-        self.prefix, self.to_json = str(prefix), to_json
-
-    def expand(self, elements: beam.PCollection) -> beam.PCollection:
-        return (
-            elements
-            | "ToJson" >> beam.Map(lambda e, f=self.to_json: json.dumps(f(e), sort_keys=True))
-            | "Write" >> beam.io.WriteToText(
-                self.prefix, file_name_suffix=".jsonl", shard_name_template="")
-        )
 
 
 class SplitSummaryFn(beam.CombineFn):
@@ -260,12 +262,45 @@ def _count(counts: dict[str, int], keys: Iterable[str]) -> None:
         counts[key] = counts.get(key, 0) + 1
 
 
-def read_side_outputs(work: Path) -> tuple[list[Issue], dict[str, dict]]:
-    """The issues and per-split summaries the pipeline wrote to ``work``."""
-    issues = [Issue(**json.loads(line)) for line in _lines(work / f"{ISSUES_FILE}.jsonl")]
-    summaries = dict(json.loads(line) for line in _lines(work / f"{SUMMARIES_FILE}.jsonl"))
-    return sorted(issues, key=lambda i: (i.split, i.file, i.reason, i.detail)), summaries
+def read_results(work: str) -> tuple[list[Issue], dict[str, dict], dict[str, int]]:
+    """The issues, per-split summaries and counters the pipeline wrote to ``work``."""
+    path = FileSystems.join(str(work), RESULTS_FILE)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        results = json.loads(handle.read())
+    return [Issue(**i) for i in results["issues"]], results["summaries"], results["counters"]
 
 
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line.strip()]
+def dask_problems(pipeline: beam.Pipeline) -> list[str]:
+    """Steps of ``pipeline`` that Beam's DaskRunner (2.77) would run differently from other
+    runners: tagged outputs (not separated), a ``Flatten`` (a ``GroupByKey`` after it
+    duplicated elements), ``Read`` sources and stateful DoFns (unsupported), and more than one
+    sink (only the last runs). [] when the graph is safe on Dask."""
+    visitor = _DaskCheck()
+    pipeline.visit(visitor)
+    sinks = [label for label, outputs in visitor.outputs.items()
+             if not outputs & visitor.consumed]
+    if len(sinks) > 1:
+        visitor.problems.append(f"{len(sinks)} sinks ({', '.join(sinks)}): only the last runs")
+    return visitor.problems
+
+
+class _DaskCheck(PipelineVisitor):
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.outputs: dict[str, set[int]] = {}
+        self.consumed: set[int] = set()
+
+    def visit_transform(self, node: AppliedPTransform) -> None:
+        transform, label = node.transform, node.full_label
+        self.outputs[label] = {id(p) for p in node.outputs.values()}
+        self.consumed |= {id(p) for p in node.inputs}
+        self.consumed |= {id(s.pvalue) for s in node.side_inputs}
+        if isinstance(transform, beam.ParDo):
+            if len(node.outputs) > 1:
+                self.problems.append(f"{label}: tagged outputs")
+            if DoFnSignature(transform.fn).is_stateful_dofn():
+                self.problems.append(f"{label}: a stateful DoFn")
+        elif isinstance(transform, beam.Flatten):
+            self.problems.append(f"{label}: a Flatten")
+        elif isinstance(transform, beam.io.Read):
+            self.problems.append(f"{label}: a Read source")

@@ -3,7 +3,8 @@
 ``data_report.json``: ``format``, ``root``, ``classes`` ([{id, name}]), ``images``, ``objects``,
 ``max_objects_per_image``, ``issue_counts`` ({reason: n}), ``counters`` (the Beam counters:
 the same counts as the runner saw them, plus ``images_written``, ``shards_written``),
-``warnings`` ([str]), ``plots`` ([file]) and ``splits``: {split: {images_listed, images
+``warnings`` ([str]), ``plots`` ([file]), ``derived_splits`` ({split: images taken from train,
+see :mod:`pipeline.data.readers.splits`}) and ``splits``: {split: {images_listed, images
 (written), objects, objects_per_class, max_objects_per_image, objects_per_image ({n: images}),
 box_sizes ({bin: boxes}), shards, issue_counts, issues: [{file, split, reason, action,
 detail}]}}. Reasons and actions are listed in :data:`pipeline.data.checks.REASONS`.
@@ -11,6 +12,7 @@ detail}]}}. Reasons and actions are listed in :data:`pipeline.data.checks.REASON
 from __future__ import annotations
 
 import functools
+import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -23,6 +25,7 @@ import numpy as np
 from pipeline.core import layout
 from pipeline.core.params import DataParams
 from pipeline.core.records import SPLITS
+from pipeline.data import storage
 from pipeline.data.checks import REASONS, Issue
 from pipeline.data.labelmap import LabelMap
 
@@ -114,14 +117,14 @@ def report_warnings(splits: Mapping[str, dict], label_map: LabelMap) -> list[str
     return warnings
 
 
-def write_plots(report: dict, folder: Path) -> list[str]:
-    """Class histogram, box size distribution and objects per image (PNG, one bar per split).
+def write_plots(report: dict, folder: str | Path) -> list[str]:
+    """Class histogram, box size distribution and objects per image (PNG, one bar per split),
+    in a local or remote ``folder`` (:mod:`pipeline.data.storage`).
 
     Returns the files written, relative to the output folder.
     """
     from matplotlib.figure import Figure  # a bare Figure renders with Agg, no pyplot state
 
-    folder.mkdir(parents=True, exist_ok=True)
     classes = [c["name"] for c in report["classes"]]
     counts = sorted({int(n) for s in report["splits"].values() for n in s["objects_per_image"]})
     plots = {
@@ -134,8 +137,10 @@ def write_plots(report: dict, folder: Path) -> list[str]:
         figure = Figure(figsize=(max(5.0, 0.45 * len(categories) + 2), 3.6), layout="tight")
         _bars(figure.add_subplot(), title, categories,
               {s: info[key] for s, info in report["splits"].items()})
-        figure.savefig(folder / f"{name}.png", dpi=100)
-    return [f"{folder.name}/{name}.png" for name in plots]
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=100)
+        storage.write_bytes(storage.join(folder, f"{name}.png"), png.getvalue())
+    return [f"{storage.path(folder).name}/{name}.png" for name in plots]
 
 
 def _bars(axes: Any, title: str, categories: list[str], per_split: Mapping[str, dict]) -> None:

@@ -1,0 +1,1 @@
+"""The test-set report: records, inference, COCO and VOC metrics, confusion, pictures, HTML."""

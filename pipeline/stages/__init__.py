@@ -1,0 +1,1 @@
+"""One thin module per command: arguments, orchestration and tracking; the work is elsewhere."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.core import layout
 from pipeline.core.params import DataParams, Params
+from pipeline.data import storage
 from pipeline.data.conversion import convert_dataset
 from pipeline.data.readers.registry import READERS
 from pipeline.tracking import journal as tracking
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
     root = args.input or args.images or params.data.root
     data = replace(params.data, format=args.format or params.data.format, root=root)
     start = time.perf_counter()
-    report = convert_dataset(data, params.convert, Path(args.output),
+    report = convert_dataset(data, params.convert, args.output,
                              images=args.images, annotations=args.annotations)
     seconds = time.perf_counter() - start
     for split, info in report["splits"].items():
@@ -52,19 +53,26 @@ def run(args: argparse.Namespace, params: Params) -> None:
         log.warning("%s", warning)
     log.info("converted %d images in %.1f s (%.0f images/s); wrote %s (report: %s)",
              report["images_listed"], seconds, report["images_listed"] / max(seconds, 1e-9),
-             args.output, Path(args.output) / layout.DATA_REPORT_MD)
-    log_to_mlflow(params, data, report, Path(args.output))
+             args.output, storage.join(args.output, layout.DATA_REPORT_MD))
+    log_to_mlflow(params, data, report, args.output)
 
 
-def log_to_mlflow(params: Params, data: DataParams, report: dict, output_dir: Path) -> None:
-    """A run of its own for the conversion: its params, counts per split, and the report."""
+def log_to_mlflow(params: Params, data: DataParams, report: dict, output_dir: str) -> None:
+    """A run of its own for the conversion: its params, counts per split, and the report (the
+    files themselves when the output is local; a remote output's location as a param)."""
     journal = tracking.stage_journal(params.mlflow, "convert")
     journal.params({**tracking.flatten_params(params, ("convert",)),
                     "data.format": data.format, "data.root": data.root})
     journal.values({split: {"images": info["images"], "objects": info["objects"],
                             "issues": len(info["issues"])}
                     for split, info in report["splits"].items()})
-    for name in (layout.LABEL_MAP, layout.DATA_REPORT_JSON, layout.DATA_REPORT_MD, *report["plots"]):
-        journal.artifact(output_dir / name)
+    if storage.is_remote(output_dir):
+        log.info("MLflow: the output %s is remote; its location is logged, not its files",
+                 output_dir)
+        journal.params({"convert.output": output_dir})
+    else:
+        for name in (layout.LABEL_MAP, layout.DATA_REPORT_JSON, layout.DATA_REPORT_MD,
+                     *report["plots"]):
+            journal.artifact(Path(output_dir) / name)
     tracking.finish(journal)
 

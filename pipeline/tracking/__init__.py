@@ -1,0 +1,1 @@
+"""MLflow: the connection, the journal every stage records through, the model registry."""

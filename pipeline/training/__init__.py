@@ -1,0 +1,1 @@
+"""Training: typed inputs, the segmented loop with callbacks, progress, model folder, curves."""

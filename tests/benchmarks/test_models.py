@@ -2,22 +2,17 @@
 loop (none of the stage's training hooks left around it), and its rates count the right blocks."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.paths import ROOT
+from tests.paths import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_models",
-                                                  ROOT / "benchmarks" / "models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/models.py")
 
 
 @pytest.fixture

@@ -62,3 +62,20 @@ def test_a_users_own_tf_cpp_level_wins(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             env={**CLEAN_ENV, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=ROOT)
     assert result.stdout.strip() == "3"
+
+
+def test_tensorflow_deprecation_notices_are_dropped_unless_verbose(caplog, monkeypatch):
+    import logging
+
+    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    logs.apply()
+    tf_logger = logging.getLogger("tensorflow")
+    notice = "From %s: %s (from %s) is deprecated.\nInstructions for updating:\n%s"
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        tf_logger.warning(notice, "a.py:1", "f", "tf", "use g")
+        tf_logger.warning("a real warning")
+        monkeypatch.setenv(logs.VERBOSE_ENV, "1")
+        tf_logger.warning(notice, "a.py:1", "f", "tf", "use g")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "a real warning"
+    assert len(messages) == 2 and "Instructions for updating" in messages[1]

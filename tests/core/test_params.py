@@ -1,6 +1,7 @@
 """params.yaml is read into a typed object; bad params are refused with a precise message."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -224,7 +225,7 @@ def test_the_cli_prints_one_line_for_a_hostile_params_file(tmp_path, capsys):
 # --- runner, experiment name, dataset root (issue 13, 11b) -------------------------------------
 
 @pytest.mark.parametrize("runner", ["DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner",
-                                    "PortableRunner", "PrismRunner",
+                                    "PortableRunner", "PrismRunner", "dask",
                                     "apache_beam.runners.direct.direct_runner.DirectRunner"])
 def test_known_beam_runners_and_class_paths_are_accepted(runner):
     assert params_from_dict({"convert": {"runner": runner}}).convert.runner == runner
@@ -236,7 +237,7 @@ def test_unknown_beam_runners_are_refused(runner):
     with pytest.raises(ParamsError) as err:
         params_from_dict({"convert": {"runner": runner}})
     assert str(err.value) == ("convert.runner must be one of ['DirectRunner', 'DataflowRunner', "
-                              "'FlinkRunner', 'SparkRunner', 'PortableRunner', 'PrismRunner'] or "
+                              "'FlinkRunner', 'SparkRunner', 'PortableRunner', 'PrismRunner', 'dask'] or "
                               f"a runner class path 'module.Class', got {runner!r}")
 
 
@@ -276,6 +277,34 @@ def test_relative_dataset_roots_are_resolved_from_the_working_directory(monkeypa
     monkeypatch.chdir(tmp_path)
     assert params_from_dict({"data": {"root": "."}}).data.root == "."
     assert params_from_dict({"data": {"root": "gs://bucket/voc"}}).data.root == "gs://bucket/voc"
+
+
+@pytest.mark.parametrize("stage", ["sample", "check-params", "report"])
+def test_a_missing_dataset_root_stops_every_stage_before_any_work(stage, tmp_path, capsys):
+    """Under `dvc repro` the sample stage runs first: its params check names data.root, before
+    DVC's own "missing dependency" error for convert."""
+    from pipeline.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  root: {tmp_path / 'my_dataset'}\n")
+    out = tmp_path / "out"
+    output = ["--output", str(out)] if stage == "sample" else []
+    assert main([stage, "--params", str(params), *output]) == 2
+    assert capsys.readouterr().err == (
+        f"error: bad params ({params}): data.root {str(tmp_path / 'my_dataset')!r} does not exist "
+        f"(from {Path.cwd()}); set data.root to your dataset folder, or 'data/sample' for the "
+        "built-in sample\n")
+    assert not out.exists()
+
+
+def test_the_sample_folder_may_not_exist_yet_and_other_roots_must_be_folders(monkeypatch,
+                                                                             tmp_path):
+    monkeypatch.chdir(tmp_path)  # no data/sample here: the sample stage writes it later
+    for root in ("data/sample", "./data/sample", str(ROOT / "data" / "sample")):
+        assert params_from_dict({"data": {"root": root}}).data.root == root
+    (tmp_path / "file.json").write_text("{}")
+    with pytest.raises(ParamsError, match="^data.root 'file.json' is not a folder"):
+        params_from_dict({"data": {"root": "file.json"}})
 
 
 def test_check_params_command_validates_without_doing_work(tmp_path, capsys):

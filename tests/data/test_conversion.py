@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import MARKER
 from pipeline.core.params import ConvertParams, DataParams, SampleParams
-from pipeline.core.records import ImageRecord, ObjectAnnotation
+from pipeline.core.records import ImageRecord, ObjectAnnotation, hash_split
 from pipeline.data.conversion import convert_dataset, pipeline_options
 from pipeline.data.labelmap import read_label_map
 from pipeline.data.readers.coco import read_coco
@@ -101,6 +101,63 @@ def test_unknown_classes_error_policy(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="labels not in data.classes: 'square'"):
         convert_dataset(data, ConvertParams(), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_class_typo_stops_convert_with_a_did_you_mean(sample: Path, tmp_path: Path) -> None:
+    """``Circle`` for ``circle``: every box would be dropped as unknown and training would see no
+    object; convert stops before any output, naming the labels found and the likely ones."""
+    data = DataParams(root=str(sample), classes=("Circle", "sqare", "hexagon"))
+    with pytest.raises(PipelineError) as err:
+        convert_dataset(data, ConvertParams(), tmp_path / "out")
+    assert str(err.value) == (
+        "the train split has no box of the classes ['Circle', 'sqare', 'hexagon']; labels in the "
+        "annotations: ['circle', 'square', 'triangle']; did you mean 'circle' for 'Circle', "
+        "'square' for 'sqare' in data.classes?")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_train_split_whose_boxes_are_all_dropped_is_an_error(tmp_path: Path) -> None:
+    """Boxes outside the image are dropped by the Beam checks: no object left in train."""
+    root = tmp_path / "voc"
+    root.mkdir()
+    save(root / "a.jpg")  # 40 x 30
+    (root / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>40</width><height>30</height></size>"
+        "<object><name>cat</name><bndbox><xmin>50</xmin><ymin>2</ymin><xmax>60</xmax>"
+        "<ymax>9</ymax></bndbox></object></annotation>")
+    data = DataParams(root=str(root), val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(PipelineError, match=r"^the train split has no usable objects \(every box "
+                                            r"was dropped: \{'empty_box': 1\}\)"):
+        convert_dataset(data, ConvertParams(), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_coco_official_layout_without_test_gets_a_test_split_said_in_the_report(
+        tmp_path: Path) -> None:
+    """train2017 + val2017 only (the official COCO release): the report stage would fail after
+    training on an empty test split; test is taken from train by hash and the report says so."""
+    (tmp_path / "annotations").mkdir()
+    for split, count in (("train2017", 30), ("val2017", 3)):
+        (tmp_path / split).mkdir()
+        names = [f"{split}_{i}.jpg" for i in range(count)]
+        for index, name in enumerate(names):  # distinct pixels: no leakage warning
+            Image.new("RGB", (40, 30), (index * 8, len(names), 0)).save(tmp_path / split / name)
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps({
+            "images": [{"id": i, "file_name": n, "width": 40, "height": 30}
+                       for i, n in enumerate(names)],
+            "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 9, 9]}
+                            for i in range(count)],
+            "categories": [{"id": 1, "name": "cat"}]}))
+    data = DataParams(format="coco", root=str(tmp_path), val_fraction=0.1, test_fraction=0.2)
+    report = convert_dataset(data, ConvertParams(), tmp_path / "out")
+    moved = sum(hash_split(f"train2017_{i}.jpg", 0.0, 0.2) == "test" for i in range(30))
+    counts = {s: report["splits"][s]["images"] for s in ("train", "val", "test")}
+    assert counts == {"train": 30 - moved, "val": 3, "test": moved} and moved > 0
+    assert report["derived_splits"] == {"test": moved}
+    note = (f"split 'test' derived from train: the dataset has no test split, so {moved} train "
+            "images moved to it by id hash (data.test_fraction: 0.2)")
+    assert report["warnings"] == [note]
+    assert note in (tmp_path / "out" / "data_report.md").read_text()
 
 
 def test_direct_runner_options() -> None:
@@ -207,7 +264,7 @@ def test_driver_keeps_no_records_while_reading(tmp_path: Path, monkeypatch) -> N
 
     def streaming_reader(root, data, images=None, annotations=None):
         for index in range(300):
-            record = ImageRecord(f"i{index}", image, 40, 30, ("train", "val")[index % 2],
+            record = ImageRecord(f"i{index}", image, 40, 30, ("train", "val", "test")[index % 3],
                                  (ObjectAnnotation("cat", 1, 1, 9, 9),), str(tmp_path))
             alive.add(record)
             most[0] = max(most[0], len(alive))
@@ -217,5 +274,5 @@ def test_driver_keeps_no_records_while_reading(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setitem(READERS, "voc", streaming_reader)
     report = convert_dataset(DataParams(root=str(tmp_path)), ConvertParams(), tmp_path / "out")
     assert most[0] <= 2
-    assert (report["splits"]["train"]["images"], report["splits"]["val"]["images"]) == (150, 150)
+    assert [report["splits"][s]["images"] for s in ("train", "val", "test")] == [100, 100, 100]
     assert report["images_listed"] == report["images"] == 300

@@ -195,6 +195,16 @@ def test_bad_params_stop_dvc_repro_before_any_work(tmp_path):
     assert not (project / "data").exists()
 
 
+def test_a_missing_dataset_root_is_named_before_any_stage_runs(tmp_path):
+    """Before, the sample stage ran, then DVC failed on convert's missing dependency."""
+    missing = tmp_path / "my_dataset"
+    project = make_project(tmp_path / "bad", {"data": {"root": str(missing)}})
+    result = run(["dvc", "repro"], project, check=False)
+    assert result.returncode != 0
+    assert f"data.root {str(missing)!r} does not exist" in result.stderr
+    assert not (project / "data").exists()
+
+
 # --- switching the model (runs last: it changes the project's outputs) -------------------------
 
 OTHER_MODEL = "ssd_mobilenet_v2_320"

@@ -1,0 +1,1 @@
+"""Annotation readers, one module per format, registered in readers/registry.py."""

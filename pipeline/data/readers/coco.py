@@ -38,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
+from pipeline.data import storage
 
 if TYPE_CHECKING:  # annotations only: readers do not need the params module at run time
     from pipeline.core.params import DataParams
@@ -52,17 +53,17 @@ def read_coco(
     annotations: str | Path | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
 ) -> list[ImageRecord]:
     """Records of every split: from split folders, per-split files, or one file split by ratios."""
-    per_split = split_files(Path(annotations) if annotations else Path(root) / "annotations")
-    if per_split and (annotations or not any(split_folder(Path(root), s) for s in splits)):
-        base = Path(images) if images else Path(root)
+    per_split = split_files(storage.path(annotations) if annotations else storage.path(root) / "annotations")
+    if per_split and (annotations or not any(split_folder(storage.path(root), s) for s in splits)):
+        base = storage.path(images) if images else storage.path(root)
         return [record for split, path in per_split.items() if split in splits
                 for record in read_coco_file(path, _split_images(base, path), split)]
-    single = Path(annotations) if annotations else _single_json(Path(root), splits)
+    single = storage.path(annotations) if annotations else _single_json(storage.path(root), splits)
     if single is not None:
         records = read_coco_file(single, _images_dir(single, images), None,
                                  (val_fraction, test_fraction))
         return [record for record in records if record.split in splits]
-    root = Path(root).resolve()
+    root = storage.path(root).resolve()
     folders = {split: split_folder(root, split) for split in splits}
     if not any(folders.values()):
         names = sorted({name for split in splits for name in SPLIT_FOLDERS[split]})
@@ -114,7 +115,7 @@ def _split_images(base: Path, json_path: Path) -> Path:
 
 def _images_dir(json_path: Path, images: str | Path | None) -> Path:
     if images:
-        return Path(images).resolve()
+        return storage.path(images).resolve()
     nested = json_path.parent / "images"
     return (nested if nested.is_dir() else json_path.parent).resolve()
 

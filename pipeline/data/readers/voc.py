@@ -5,7 +5,9 @@ Layouts (:func:`find_layout`):
 - standard: ``JPEGImages/``, ``Annotations/<id>.xml``, ``ImageSets/Main/{train,val,test}.txt``;
 - flat: an images folder and an annotations folder (``images/`` + ``annotations/`` under the
   root, or any two folders given explicitly), searched recursively;
-- XML next to each image (labelImg's default): the root holds both, searched recursively.
+- XML next to each image (labelImg's default): the root holds both, searched recursively;
+- otherwise, found by content (:func:`layout_by_content`): the folder holding the XML files and
+  the one holding the images, whatever their names (kangaroo's ``annots/`` + ``images/``).
 
 The split lists (``ImageSets/Main``) are used when present; otherwise each image's split comes
 from a hash of its id (:func:`~pipeline.core.records.hash_split`).
@@ -25,6 +27,7 @@ box) does not stop the conversion: its image is skipped and reported with the re
 """
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 from collections import deque
@@ -38,6 +41,7 @@ from lxml import etree
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
+from pipeline.data import storage
 
 if TYPE_CHECKING:  # annotations only: the parse workers import this module, keep it light
     from pipeline.core.params import DataParams
@@ -92,7 +96,7 @@ def iter_voc(
 ) -> Iterator[ImageRecord]:
     """:func:`read_voc`'s records one at a time, so that the driver never holds them all; the
     layout is checked (and a bad one refused) before the first record is asked for."""
-    layout = find_layout(Path(root), images, annotations)
+    layout = find_layout(storage.path(root), images, annotations)
     if layout.split_lists is not None:
         listed = [(i, split) for split in splits for i in split_ids(layout.split_lists, split)]
     else:
@@ -149,7 +153,8 @@ def _read_chunk(layout: VocLayout, listed: Sequence[tuple[str, str]]) -> list[Im
 def find_layout(root: Path, images=None, annotations=None) -> VocLayout:
     """The layout of ``root``, or the explicit ``images`` and ``annotations`` folders."""
     if images or annotations:
-        images, annotations = Path(images or annotations), Path(annotations or images)
+        images = storage.path(images or annotations)
+        annotations = storage.path(annotations or images)
         for folder in (images, annotations):
             _require_dir(folder)
         return VocLayout(images.resolve(), annotations.resolve(), recursive=True)
@@ -162,11 +167,57 @@ def find_layout(root: Path, images=None, annotations=None) -> VocLayout:
     for image_dir, xml_dir in FLAT_FOLDERS:
         if (root / image_dir).is_dir() and (root / xml_dir).is_dir():
             return VocLayout(root / image_dir, root / xml_dir, recursive=True)
-    if next(root.rglob("*.xml"), None) is not None:  # XML next to each image
+    return layout_by_content(root)
+
+
+def layout_by_content(root: Path) -> VocLayout:
+    """The folders of ``root`` that hold the XML files and the images, whatever their names
+    (kangaroo's ``annots/`` + ``images/``); XML next to the images: ``root`` for both.
+
+    PipelineError naming what was found, and the options to set, when there is no XML, no
+    image, or no way to tell the two folders apart (several sets of them side by side).
+    """
+    xml_dirs, image_dirs = _folders_holding(root)
+    if not xml_dirs:
+        raise PipelineError(
+            f"{root} is not a Pascal VOC dataset: no XML file found; expected JPEGImages/ + "
+            "Annotations/, images/ + annotations/, or XML files next to the images "
+            "(or pass --images and --annotations)")
+    if xml_dirs & image_dirs:  # XML next to each image (labelImg's default)
         return VocLayout(root, root, recursive=True)
-    raise PipelineError(
-        f"{root} is not a Pascal VOC dataset: expected JPEGImages/ + Annotations/, images/ + "
-        "annotations/, or XML files next to the images (or pass --images and --annotations)")
+    found = f"XML files in {_names(root, xml_dirs)}, images in {_names(root, image_dirs)}"
+    if not image_dirs:
+        raise PipelineError(f"{root}: {found}: no image file found; pass --images DIR "
+                            "--annotations DIR to convert, or point data.root at the dataset")
+    annotations, images = (Path(os.path.commonpath(sorted(d))) for d in (xml_dirs, image_dirs))
+    if annotations == images:
+        raise PipelineError(f"{root}: cannot tell the annotation and image folders apart "
+                            f"({found}); pass --images DIR --annotations DIR to convert, or "
+                            "point data.root at a folder holding one set")
+    return VocLayout(images, annotations, recursive=True)
+
+
+def _folders_holding(root: Path) -> tuple[set[str], set[str]]:
+    """The folders below ``root`` (hidden ones skipped) holding XML files, and image files."""
+    extensions = {ext.lower() for ext in IMAGE_EXTENSIONS}
+    xml_dirs, image_dirs = set(), set()
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        suffixes = {os.path.splitext(name)[1].lower() for name in files}
+        if ".xml" in suffixes:
+            xml_dirs.add(folder)
+        if suffixes & extensions:
+            image_dirs.add(folder)
+    return xml_dirs, image_dirs
+
+
+def _names(root: Path, folders: set[str], most: int = 4) -> str:
+    """The topmost of ``folders``, relative to ``root`` (``a/``, ``b/``...), at most ``most``."""
+    paths = [Path(folder) for folder in folders]
+    tops = [p for p in paths if not any(p != other and p.is_relative_to(other) for other in paths)]
+    names = sorted(p.relative_to(root).as_posix() + "/" for p in tops)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (", ".join(names[:most]) + more) if names else "none"
 
 
 def _require_dir(folder: Path) -> None:
@@ -213,10 +264,20 @@ def resolve_image(layout: VocLayout, image_id: str, filename: str | None) -> str
     When nothing exists the first candidate is returned; the Beam stage reports it as missing
     (or, if it leaves the images folder, as refused). Plain ``os.path``: this runs per image.
     """
+    if isinstance(layout.images, storage.RemotePath):
+        return _resolve_remote_image(layout.images, image_id, filename)
     base = os.path.join(str(layout.images), image_id)
     named = [os.path.join(os.path.dirname(base), filename.strip())] if filename and filename.strip() else []
     candidates = named + [base + ext for ext in IMAGE_EXTENSIONS]
     return next((path for path in candidates if os.path.isfile(path)), candidates[0])
+
+
+def _resolve_remote_image(images: storage.RemotePath, image_id: str, filename: str | None) -> str:
+    """:func:`resolve_image` in remote storage: one existence check per candidate."""
+    base = images / image_id
+    named = [base.parent / filename.strip()] if filename and filename.strip() else []
+    candidates = named + [storage.RemotePath(base.url + ext) for ext in IMAGE_EXTENSIONS]
+    return str(next((path for path in candidates if path.is_file()), candidates[0]))
 
 
 def parse_xml(xml_path: Path) -> etree._Element:
@@ -227,7 +288,9 @@ def parse_xml(xml_path: Path) -> etree._Element:
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                              huge_tree=False)
     try:
-        tree = etree.parse(str(xml_path), parser)
+        source = (io.BytesIO(xml_path.read_bytes())
+                  if isinstance(xml_path, storage.RemotePath) else str(xml_path))
+        tree = etree.parse(source, parser)
     except (etree.XMLSyntaxError, OSError) as err:
         raise AnnotationError("bad_annotation", f"not valid XML ({err})") from err
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:

@@ -41,6 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.records import SPLITS, ImageRecord, ObjectAnnotation, hash_split
+from pipeline.data import storage
 from pipeline.data.images import ImageTooLarge, open_image
 from pipeline.data.readers.coco import SPLIT_FOLDERS, first_problem
 from pipeline.data.readers.voc import IMAGE_EXTENSIONS
@@ -93,7 +94,12 @@ class DataYaml(BaseModel):
 
 def read_dataset(root: Path, data: DataParams, images: str | None = None,
                  annotations: str | None = None) -> list[ImageRecord]:
-    """The registry's entry (:class:`pipeline.data.readers.Reader`): :func:`read_yolo`."""
+    """The registry's entry (:class:`pipeline.data.readers.Reader`): :func:`read_yolo`; local
+    datasets only (it reads every image's header for its size)."""
+    remote = [str(p) for p in (root, images, annotations) if p and storage.is_remote(p)]
+    if remote:
+        raise PipelineError(f"data.format yolo reads local folders only, got {remote[0]}: copy "
+                            "the dataset to a local folder (voc and coco read s3:// and gs://)")
     return read_yolo(root, images=images, annotations=annotations,
                      val_fraction=data.val_fraction, test_fraction=data.test_fraction)
 

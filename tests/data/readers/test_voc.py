@@ -1,6 +1,7 @@
 """The Pascal VOC reader on small datasets built in tmp_path."""
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -140,6 +141,38 @@ def test_flat_layouts_are_found(tmp_path: Path, image_dir: str, xml_dir: str) ->
     assert all(Path(r.image_path).is_file() for r in records)
     assert {r.split for r in records} == {"train", "val", "test"}
     assert all(r.split == hash_split(r.image_id, 0.2, 0.2) for r in records)
+
+
+@pytest.mark.parametrize("image_dir,xml_dir", [("images", "annots"), ("photos", "xml_files"),
+                                               ("set/jpg", "set/xml"), ("imgs", "")])
+def test_flat_folders_with_other_names_are_found_by_content(tmp_path: Path, image_dir: str,
+                                                            xml_dir: str) -> None:
+    """kangaroo's annots/ + images/: the folder holding the XML files and the one holding the
+    images, whatever their names (before, every image was looked for next to its XML)."""
+    flat_dataset(tmp_path, image_dir, xml_dir, 12)
+    records = read_voc(tmp_path)
+    assert sorted(r.image_id for r in records) == sorted(
+        ["nested/img0", *(f"img{i}" for i in range(1, 12))])
+    assert all(r.image_path == str(tmp_path.resolve() / image_dir / f"{r.image_id}.png")
+               for r in records)
+    assert all(r.root == str(tmp_path.resolve() / image_dir) for r in records)
+
+
+def test_folders_found_by_content_but_ambiguous_or_without_images_are_named(
+        tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        flat_dataset(tmp_path, f"{split}/images", f"{split}/annots", 2)
+    with pytest.raises(PipelineError) as err:
+        read_voc(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path.resolve()}: cannot tell the annotation and image folders apart (XML files in "
+        "train/annots/, val/annots/, images in train/images/, val/images/); pass --images DIR "
+        "--annotations DIR to convert, or point data.root at a folder holding one set")
+    for split in ("train", "val"):
+        shutil.rmtree(tmp_path / split / "images")
+    with pytest.raises(PipelineError, match=r"XML files in train/annots/, val/annots/, images in "
+                                            "none: no image file found; pass --images DIR"):
+        read_voc(tmp_path)
 
 
 def test_explicit_folders(tmp_path: Path) -> None:
