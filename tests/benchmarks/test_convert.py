@@ -1,20 +1,14 @@
 """benchmarks/convert.py's rules: a median of paired rounds, refused when the machine was busy."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.paths import ROOT
+from tests.paths import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_convert",
-                                                  ROOT / "benchmarks" / "convert.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/convert.py")
 
 
 def _round(ours: float, theirs: float, load: float) -> dict:
