@@ -21,7 +21,10 @@ import contextlib
 import json
 import logging
 import math
+import os
 import pickle
+import shutil
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
@@ -81,20 +84,27 @@ def shard_tasks(
     records: Iterable[ImageRecord], shards: Mapping[str, int], folder: str
 ) -> list[ShardTask]:
     """Records dealt round-robin into their split's shards (every shard exists, maybe empty),
-    in one pass: each record is appended to its shard's file in ``folder`` as it comes, so the
-    driver never holds more than one (its memory does not grow with the dataset)."""
+    in one pass: each record is appended to its shard's file as it comes, so the driver never
+    holds more than one (its memory does not grow with the dataset). The files are dealt in a
+    local temporary folder, then copied one by one to ``folder`` (which may be remote: an
+    upload buffers per open file, so never a hundred at once)."""
     tasks = {(split, index): ShardTask(split, index, count,
                                        FileSystems.join(folder, f"{split}-{index:05d}.pickle"))
              for split, count in shards.items() for index in range(count)}
     dealt = Counter[str]()
-    with contextlib.ExitStack() as stack:
-        files = {key: stack.enter_context(FileSystems.create(
-            task.records, compression_type=CompressionTypes.UNCOMPRESSED))
-            for key, task in tasks.items()}
-        for record in records:
-            index = dealt[record.split] % shards[record.split]
-            dealt[record.split] += 1
-            pickle.dump(record, files[record.split, index], pickle.HIGHEST_PROTOCOL)
+    with tempfile.TemporaryDirectory(prefix="shard-tasks-") as local:
+        paths = {key: os.path.join(local, f"{key[0]}-{key[1]:05d}") for key in tasks}
+        with contextlib.ExitStack() as stack:
+            files = {key: stack.enter_context(open(path, "wb")) for key, path in paths.items()}
+            for record in records:
+                index = dealt[record.split] % shards[record.split]
+                dealt[record.split] += 1
+                pickle.dump(record, files[record.split, index], pickle.HIGHEST_PROTOCOL)
+        for key, task in tasks.items():
+            with open(paths[key], "rb") as source, \
+                    FileSystems.create(task.records,
+                                       compression_type=CompressionTypes.UNCOMPRESSED) as target:
+                shutil.copyfileobj(source, target)
     return list(tasks.values())
 
 
