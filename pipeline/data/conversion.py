@@ -5,8 +5,9 @@ The driver reads the annotation metadata (no image is opened) into records
 it keeps only counts (images per split, boxes per label) and spools the records to a temporary
 file (:func:`list_dataset`), so its memory does not grow with the dataset. It builds the label
 map from the counts and deals the spooled records into shard files. The Beam graph
-(:mod:`pipeline.data.beam`) then writes each shard on a worker, through the per-image checks of :mod:`pipeline.data.checks`; the report
-(:mod:`pipeline.data.health`) is built from its results and counters.
+(:mod:`pipeline.data.beam`) then writes each shard on a worker, through the per-image checks of
+:mod:`pipeline.data.checks`; the report (:mod:`pipeline.data.health`) is built from its results
+and counters.
 
 Everything is written to ``<output>.partial`` first and renamed to ``<output>`` only once the
 run and the report are complete, so an interrupted run never leaves output that looks done.
