@@ -15,31 +15,43 @@ How the OD API's tool was made to run (it cannot read BCCD as shipped):
   runtime, so it runs with ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python`` (this project
   rebuilds those modules instead, see ``pipeline/compat.py``, so ours keeps the fast runtime).
 
-Both tools read the same files. Each runs as its own process (``python -m ...``), timed from
-start to exit (interpreter, TensorFlow and Beam start-up included); peak memory is the largest
-sum of RSS over the process and its children, sampled every 0.1 s with psutil. Ours fully
-decodes (validates) every image, writes sharded TFRecords, the label map and the data report
-(MLflow records into a SQLite file in the temp folder, created before the timing as in a
-project that has run before). Goal: ours >= 2.0x theirs,
-peak memory < 1.5 GB at 20,000 images.
+Both tools read the same files, in the same run, alternating for ``--rounds`` rounds (at least
+3; ours first in even rounds, theirs first in odd ones); each round prints both sides and their
+ratio, then the median of the paired ratios is printed. Each side runs as its own process
+(``python -m ...``), timed from start to exit (interpreter, TensorFlow and Beam start-up
+included); peak memory is the largest sum of RSS over the process and its children, and the
+driver's alone, sampled every 0.1 s with psutil; the 1-minute load average is recorded before
+and after each side. When any of them is above the number of cores (plus the ``--busy``
+processes started on purpose), the machine was busy and no ratio is given. Ours fully
+validates every image, writes sharded TFRecords, the label map and the data report (MLflow
+records into a SQLite file in the temp folder, created before the timing as in a project that
+has run before). Goals (issue 16): median ratio >= 2.0 at 20,000 images on a quiet machine,
+>= 1.0 with one other CPU-bound process (``--busy 1``), peak memory <= 1.5 GB at 100,000.
 
 Run from the repository root with the environment active:
-``python benchmarks/convert.py [--images N]``. The last line printed is a JSON object.
+``python benchmarks/convert.py [--images N] [--rounds R] [--busy K]``;
+``--driver-memory 20000 100000`` runs our side alone at each size and prints the driver's peak
+memory; ``--profile 1000`` prints the CPU per image of each phase (in this process). The last
+line printed is a JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -77,12 +89,14 @@ def _link(source: Path, target: Path) -> None:
 
 
 def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
-    """Run ``cmd``; wall seconds and peak RSS (MB) summed over its process tree."""
+    """Run ``cmd``: wall seconds, CPU seconds, peak RSS (MB) of its process tree and of the
+    process itself (the driver, without the workers it starts), load average before and after."""
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    peak = [0]
-    sampler = threading.Thread(target=_sample_rss, args=(proc.pid, peak), daemon=True)
+    peaks = {"tree": 0, "driver": 0}
+    sampler = threading.Thread(target=_sample_rss, args=(proc.pid, peaks), daemon=True)
     sampler.start()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = proc.communicate()[0]
@@ -92,34 +106,41 @@ def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {"seconds": seconds, "peak_mb": peak[0] / 2**20, "cpu_seconds": cpu}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peaks["tree"] / 2**20,
+            "driver_peak_mb": peaks["driver"] / 2**20, "load_before": load_before,
+            "load_after": os.getloadavg()[0]}
 
 
-def _sample_rss(pid: int, peak: list[int]) -> None:
+def _sample_rss(pid: int, peaks: dict[str, int]) -> None:
     try:
         parent = psutil.Process(pid)
         while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
-            total = 0
-            for proc in [parent, *parent.children(recursive=True)]:
+            total = driver = parent.memory_info().rss
+            for proc in parent.children(recursive=True):
                 try:
                     total += proc.memory_info().rss
                 except psutil.Error:
                     pass
-            peak[0] = max(peak[0], total)
+            peaks["tree"], peaks["driver"] = max(peaks["tree"], total), max(peaks["driver"], driver)
             time.sleep(0.1)
     except psutil.Error:
         return
 
 
-def run_ours(data_dir: Path, work: Path) -> dict:
+def prepare_ours(work: Path) -> Path:
+    """``work/params.yaml`` for our side, with its MLflow database created (as in a project that
+    has run before: creating it runs MLflow's schema migrations once, seconds no later run pays)."""
     params = work / "params.yaml"
     params.write_text(f"mlflow:\n  tracking_uri: sqlite:///{work / 'mlflow.db'}\n")
-    # As in a project that has run before: the tracking database exists (creating it runs
-    # MLflow's schema migrations once, a few seconds that no later run pays).
     subprocess.run([sys.executable, "-c", "import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]);"
                     "mlflow.set_experiment('object-detection')", f"sqlite:///{work / 'mlflow.db'}"],
                    check=True, capture_output=True)
-    cmd = [sys.executable, "-m", "pipeline", "convert", "--params", str(params),
+    return params
+
+
+def run_ours(data_dir: Path, work: Path) -> dict:
+    shutil.rmtree(work / "ours", ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline", "convert", "--params", str(work / "params.yaml"),
            "--format", "voc", "--input", str(data_dir / "VOC2012"), "--output", str(work / "ours")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -145,38 +166,198 @@ def count_records(path: Path) -> int:
     return sum(1 for _ in tf.data.TFRecordDataset(files))
 
 
+SIDES = {"ours": run_ours, "theirs": run_theirs}
+
+
+def compare(images: int, rounds: int, busy: int, tmp: Path) -> dict:
+    """Both sides on the same files, alternating (ours first in even rounds), ``rounds`` times;
+    each round's rates and ratio printed; the median ratio unless the machine was busy."""
+    replicate_bccd(images, tmp / "VOCdevkit")
+    prepare_ours(tmp)
+    print(f"dataset: {images} images in {tmp / 'VOCdevkit'}", flush=True)
+    results = []
+    with busy_processes(busy):
+        for index in range(rounds):
+            order = ("ours", "theirs") if index % 2 == 0 else ("theirs", "ours")
+            runs = {side: SIDES[side](tmp / "VOCdevkit", tmp) for side in order}
+            results.append(runs)
+            print_round(index, order, runs, images)
+    written = {"ours": count_records(tmp / "ours" / "train.tfrecord-*"),
+               "theirs": count_records(tmp / "theirs.record")}
+    return summarise(results, images, busy, written)
+
+
+def print_round(index: int, order: tuple[str, ...], runs: dict, images: int) -> None:
+    for side in order:
+        run = runs[side]
+        print(f"round {index} {side:6}: {run['seconds']:6.1f} s {images / run['seconds']:7.1f} "
+              f"images/s, CPU {run['cpu_seconds']:5.1f} s, peak {run['peak_mb']:4.0f} MB "
+              f"(driver {run['driver_peak_mb']:4.0f} MB), load {run['load_before']:.2f} -> "
+              f"{run['load_after']:.2f}", flush=True)
+    print(f"round {index} ratio (ours / theirs images/s): "
+          f"{runs['theirs']['seconds'] / runs['ours']['seconds']:.2f}", flush=True)
+
+
+def summarise(results: list[dict], images: int, busy: int, written: dict) -> dict:
+    """The medians; the ratio is None when a load average exceeded the cores (plus ``busy``, the
+    CPU-bound processes this run started on purpose)."""
+    cores = os.cpu_count() or 1
+    loads = [run[key] for runs in results for run in runs.values()
+             for key in ("load_before", "load_after")]
+    ratios = [runs["theirs"]["seconds"] / runs["ours"]["seconds"] for runs in results]
+    quiet = max(loads) <= cores + busy
+    summary = {
+        "images": images, "rounds": len(results), "records_written": written,
+        "busy_processes_started": busy, "cores": cores,
+        "load_average_max": round(max(loads), 2), "load_average_min": round(min(loads), 2),
+        "ratios": [round(r, 3) for r in ratios],
+        "median_ratio": round(statistics.median(ratios), 3) if quiet else None,
+    }
+    for side in SIDES:
+        runs = [r[side] for r in results]
+        summary[f"{side}_median_images_per_second"] = round(
+            images / statistics.median(r["seconds"] for r in runs), 1)
+        summary[f"{side}_median_cpu_seconds"] = round(
+            statistics.median(r["cpu_seconds"] for r in runs), 1)
+        summary[f"{side}_peak_memory_mb"] = round(max(r["peak_mb"] for r in runs))
+        summary[f"{side}_driver_peak_memory_mb"] = round(max(r["driver_peak_mb"] for r in runs))
+    if not quiet:
+        print(f"ratio refused: load average reached {max(loads):.2f}, above {cores} cores"
+              + (f" + {busy} busy processes started on purpose" if busy else ""), flush=True)
+    return summary
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` CPU-bound processes (a Python busy loop each) running meanwhile: the "one other
+    CPU-bound process" of the issue's loaded-machine goal."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def driver_memory(sizes: list[int], tmp: Path) -> dict:
+    """Our side alone at each dataset size: peak RSS of the driver process and of the tree."""
+    figures = {}
+    for size in sizes:
+        data = tmp / f"data-{size}"
+        replicate_bccd(size, data)
+        prepare_ours(tmp)
+        run = run_ours(data, tmp)
+        shutil.rmtree(data)
+        figures[size] = {"driver_peak_mb": round(run["driver_peak_mb"]),
+                         "tree_peak_mb": round(run["peak_mb"]), "seconds": round(run["seconds"], 1),
+                         "load_before": round(run["load_before"], 2),
+                         "load_after": round(run["load_after"], 2)}
+        print(f"{size} images: driver peak {figures[size]['driver_peak_mb']} MB, process tree "
+              f"{figures[size]['tree_peak_mb']} MB, {run['seconds']:.1f} s", flush=True)
+    return {"driver_memory": figures}
+
+
+# --- per-image and per-phase profile (``--profile``) -------------------------------------------
+
+def profile_phases(count: int, tmp: Path) -> dict:
+    """Seconds per image of each per-image phase, run in this process on ``count`` replicated
+    BCCD images with the stage's own functions, and the process-level phases of one real run.
+
+    Per-image phases are timed one after the other on the same images (each phase on its own,
+    so its figure does not include the others'); ``full_decode`` is what validation would cost
+    without reduced-size decoding, for comparison only.
+    """
+    import hashlib
+    import io
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))  # the project's package, not benchmarks/pipeline.py
+
+    from pipeline.core.records import ImageRecord
+    from pipeline.data import checks
+    from pipeline.data.beam import shard_tasks
+    from pipeline.data.conversion import list_dataset
+    from pipeline.data.readers import voc
+    from pipeline.data.tfexample import build_example
+
+    replicate_bccd(count, tmp / "VOCdevkit")
+    voc_root = tmp / "VOCdevkit" / "VOC2012"
+    layout = voc.find_layout(voc_root)
+    ids = voc.split_ids(layout.split_lists, "train")
+    timings: dict[str, float] = {}
+
+    def timed(name: str, work: Any, items: list) -> list:
+        start = time.process_time()
+        results = [work(item) for item in items]
+        timings[name] = (time.process_time() - start) / len(items)
+        return results
+
+    records: list[ImageRecord] = timed(
+        "annotation_parse", lambda i: voc.read_annotation(layout, i, "train"), ids)
+    data = timed("file_read", lambda r: checks._read_bytes(r, []), records)
+    timed("validate_decode", lambda pair: checks._decode(pair[0], pair[1], []),
+          list(zip(records, data)))
+    timed("full_decode", lambda d: Image.open(io.BytesIO(d)).load(), data)
+    timed("exif", lambda d: Image.open(io.BytesIO(d)).getexif().get(checks.EXIF_ORIENTATION),
+          data)
+    timed("content_hash", lambda d: hashlib.sha256(d).hexdigest(), data)
+    label_map = {name: k for k, name in enumerate(CLASSES, start=1)}
+    examples = timed("example_build", lambda pair: build_example(pair[0], pair[1], label_map)
+                     .SerializeToString(), list(zip(records, data)))
+    with open(tmp / "profile.tfrecord", "wb") as out:
+        timed("shard_write", lambda e: _TFRecordUtil.write_record(out, e), examples)
+    timed("prepare_image (all checks)", lambda r: checks.prepare_image(r, label_map, []),
+          records)
+    start = time.process_time()  # the driver: records spooled, counted and dealt into shards
+    with tempfile.TemporaryFile() as spool:
+        listing = list_dataset(records, spool)
+        shard_tasks(listing.records(), {"train": 2}, str(tmp))
+    timings["driver_spool_and_deal"] = (time.process_time() - start) / count
+    return {"images": count, "cpu_ms_per_image": {k: round(v * 1000, 3)
+                                                  for k, v in timings.items()},
+            "startup_cpu_seconds": startup_cpu_seconds()}
+
+
+def startup_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of a process that only imports: Python itself, and the convert stage."""
+    def cpu_of(code: str) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2)
+
+    return {"python": cpu_of("pass"),
+            "import pipeline.stages.convert": cpu_of("import pipeline.stages.convert"),
+            "import the Beam worker's modules": cpu_of("import pipeline.data.beam")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=20_000, help="images in the dataset")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (>= 3)")
+    parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes to run "
+                        "meanwhile (the loaded-machine figure)")
+    parser.add_argument("--driver-memory", type=int, nargs="+", metavar="IMAGES",
+                        help="instead: our side alone at these sizes, the driver's peak memory")
+    parser.add_argument("--profile", type=int, metavar="IMAGES",
+                        help="instead: CPU per image of each phase, in this process")
     args = parser.parse_args()
     if not BCCD.is_dir():
         sys.exit(f"{BCCD} not found: this benchmark needs ../shared/datasets/bccd_voc")
+    if not (args.profile or args.driver_memory) and args.rounds < 3:
+        sys.exit("--rounds must be at least 3 (the median of alternating rounds)")
     with tempfile.TemporaryDirectory(prefix="convert-bench-") as tmp:
-        tmp = Path(tmp)
-        replicate_bccd(args.images, tmp / "VOCdevkit")
-        print(f"dataset: {args.images} images in {tmp / 'VOCdevkit'}", flush=True)
-        ours = run_ours(tmp / "VOCdevkit", tmp)
-        print(f"ours:   {ours['seconds']:.1f} s, peak {ours['peak_mb']:.0f} MB", flush=True)
-        theirs = run_theirs(tmp / "VOCdevkit", tmp)
-        print(f"theirs: {theirs['seconds']:.1f} s, peak {theirs['peak_mb']:.0f} MB", flush=True)
-        written = {"ours": count_records(tmp / "ours" / "train.tfrecord-*"),
-                   "theirs": count_records(tmp / "theirs.record")}
-    ours_rate, theirs_rate = args.images / ours["seconds"], args.images / theirs["seconds"]
-    print(json.dumps({
-        "images": args.images,
-        "records_written": written,
-        "ours_images_per_second": round(ours_rate, 1),
-        "theirs_images_per_second": round(theirs_rate, 1),
-        "ours_seconds": round(ours["seconds"], 1),
-        "theirs_seconds": round(theirs["seconds"], 1),
-        "ours_cpu_seconds": round(ours["cpu_seconds"], 1),
-        "theirs_cpu_seconds": round(theirs["cpu_seconds"], 1),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "ours_peak_memory_mb": round(ours["peak_mb"]),
-        "theirs_peak_memory_mb": round(theirs["peak_mb"]),
-        "ratio": round(ours_rate / theirs_rate, 2),
-        "goals_met": ours_rate >= 2.0 * theirs_rate and ours["peak_mb"] < 1536,
-    }))
+        if args.profile:
+            result = profile_phases(args.profile, Path(tmp))
+        elif args.driver_memory:
+            result = driver_memory(args.driver_memory, Path(tmp))
+        else:
+            result = compare(args.images, args.rounds, args.busy, Path(tmp))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ these divided by the image width and height.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -73,9 +74,15 @@ def link_leaving(path: str, root: str) -> str | None:
     if not root or "://" in path:
         return None
     real = os.path.realpath(path)
-    if is_inside(real, os.path.realpath(root)) or _in_dvc_cache(real):
+    if is_inside(real, _real_root(root)) or _in_dvc_cache(real):
         return None
     return real
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    # Once per dataset root and process, not per image (a stat per folder on the way).
+    return os.path.realpath(root)
 
 
 def _in_dvc_cache(real_path: str) -> bool:

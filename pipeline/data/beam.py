@@ -17,14 +17,18 @@ would give a different result on Dask is refused, never run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import pickle
+import shutil
+import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -36,7 +40,7 @@ from apache_beam.runners.common import DoFnSignature
 
 from pipeline.core import layout
 from pipeline.core.records import SPLITS, ImageRecord
-from pipeline.data.checks import Issue, file_name, prepare_image
+from pipeline.data.checks import Issue, file_name, prepare_image, stored_jpeg_sha256
 from pipeline.data.health import box_size_bin, empty_summary
 from pipeline.data.labelmap import LabelMap
 from pipeline.data.tfexample import build_example
@@ -54,7 +58,8 @@ METRICS_NAMESPACE = "convert"
 
 class ShardTask(NamedTuple):
     """One shard to write, ``{split}.tfrecord-{index}-of-{count}``; its records are in the file
-    ``records`` (pickled by the driver: Beam's Create would compress them, seconds per 10,000)."""
+    ``records`` (pickled one by one by the driver: Beam's Create would compress them, seconds
+    per 10,000, and would hold them all)."""
 
     split: str
     index: int
@@ -76,29 +81,50 @@ class ShardResult(NamedTuple):
 
 
 def shard_tasks(
-    records: Sequence[ImageRecord], shards: Mapping[str, int], folder: str
+    records: Iterable[ImageRecord], shards: Mapping[str, int], folder: str
 ) -> list[ShardTask]:
-    """Records dealt round-robin into their split's shards (every shard exists, maybe empty);
-    each shard's records are written to a file in ``folder``."""
-    tasks = []
-    for split, count in shards.items():
-        in_split = [r for r in records if r.split == split]
-        for index in range(count):
-            path = FileSystems.join(folder, f"{split}-{index:05d}.pickle")
-            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-                out.write(pickle.dumps(tuple(in_split[index::count]), pickle.HIGHEST_PROTOCOL))
-            tasks.append(ShardTask(split, index, count, path))
-    return tasks
+    """Records dealt round-robin into their split's shards (every shard exists, maybe empty),
+    in one pass: each record is appended to its shard's file as it comes, so the driver never
+    holds more than one (its memory does not grow with the dataset). The files are dealt in a
+    local temporary folder, then copied one by one to ``folder`` (which may be remote: an
+    upload buffers per open file, so never a hundred at once)."""
+    tasks = {(split, index): ShardTask(split, index, count,
+                                       FileSystems.join(folder, f"{split}-{index:05d}.pickle"))
+             for split, count in shards.items() for index in range(count)}
+    dealt = Counter[str]()
+    with tempfile.TemporaryDirectory(prefix="shard-tasks-") as local:
+        paths = {key: os.path.join(local, f"{key[0]}-{key[1]:05d}") for key in tasks}
+        with contextlib.ExitStack() as stack:
+            files = {key: stack.enter_context(open(path, "wb")) for key, path in paths.items()}
+            for record in records:
+                index = dealt[record.split] % shards[record.split]
+                dealt[record.split] += 1
+                pickle.dump(record, files[record.split, index], pickle.HIGHEST_PROTOCOL)
+        for key, task in tasks.items():
+            with open(paths[key], "rb") as source, \
+                    FileSystems.create(task.records,
+                                       compression_type=CompressionTypes.UNCOMPRESSED) as target:
+                shutil.copyfileobj(source, target)
+    return list(tasks.values())
 
 
 def load_shard_records(path: str) -> tuple[ImageRecord, ...]:
     """The records :func:`shard_tasks` wrote (our own file, never user input)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return pickle.loads(handle.read())
+        return tuple(read_pickled(handle))
+
+
+def read_pickled(handle: IO[bytes]) -> Iterator[Any]:
+    """The objects pickled one after the other into ``handle`` (our own files only)."""
+    while True:
+        try:
+            yield pickle.load(handle)
+        except EOFError:
+            return
 
 
 def build_pipeline(
-    p: beam.Pipeline, records: Sequence[ImageRecord], output_dir: str,
+    p: beam.Pipeline, records: Iterable[ImageRecord], output_dir: str,
     label_map: LabelMap, num_shards_by_split: Mapping[str, int], size_mismatch: str = "skip",
 ) -> beam.PCollection:
     """Add the conversion to ``p``: shards in ``output_dir`` (a local or remote folder), the
@@ -150,7 +176,8 @@ class WriteShardFn(beam.DoFn):
         if prepared is None:
             return result
         clean = prepared.record
-        example = build_example(clean, prepared.jpeg, self.label_map)
+        example = build_example(clean, prepared.jpeg, self.label_map,
+                                stored_jpeg_sha256(prepared, issues))
         _TFRecordUtil.write_record(out, example.SerializeToString())  # Beam's TFRecord framing
         Metrics.counter(METRICS_NAMESPACE, "images_written").inc()
         stats = ([o.label for o in clean.objects], [math.sqrt(o.area) for o in clean.objects])

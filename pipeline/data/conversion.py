@@ -1,10 +1,13 @@
 """The convert driver: a VOC or COCO dataset -> sharded TFRecords, a label map and a data report.
 
-The driver reads the annotation metadata (small: no image is opened) into records
-(:class:`~pipeline.core.records.ImageRecord`) with the reader of ``data.format``, builds the
-label map and deals the records into shards. The Beam graph (:mod:`pipeline.data.beam`) then writes
-each shard on a worker, through the per-image checks of :mod:`pipeline.data.checks`; the report
-(:mod:`pipeline.data.health`) is built from its results and counters.
+The driver reads the annotation metadata (no image is opened) into records
+(:class:`~pipeline.core.records.ImageRecord`) with the reader of ``data.format``, one at a time:
+it keeps only counts (images per split, boxes per label) and spools the records to a temporary
+file (:func:`list_dataset`), so its memory does not grow with the dataset. It builds the label
+map from the counts and deals the spooled records into shard files. The Beam graph
+(:mod:`pipeline.data.beam`) then writes each shard on a worker, through the per-image checks of
+:mod:`pipeline.data.checks`; the report (:mod:`pipeline.data.health`) is built from its results
+and counters.
 
 Everything is written to ``<output>.partial`` first and renamed to ``<output>`` only once the
 run and the report are complete, so an interrupted run never leaves output that looks done.
@@ -18,9 +21,13 @@ import json
 import logging
 import math
 import os
+import pickle
+import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -33,14 +40,16 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.params import ConvertParams, DataParams
 from pipeline.core.records import SPLITS, ImageRecord
 from pipeline.core.schema import did_you_mean
+from pipeline.data import storage
 from pipeline.data.beam import (
-    METRICS_NAMESPACE, WORK_DIR, build_pipeline, dask_problems, read_results,
+    METRICS_NAMESPACE, WORK_DIR, build_pipeline, dask_problems, read_pickled, read_results,
 )
 from pipeline.data.health import build_report, report_markdown, write_plots
-from pipeline.data.labelmap import LabelMap, build_label_map, label_map_text
-from pipeline.data import storage
+from pipeline.data.labelmap import LabelMap, label_map_for, label_map_text
 from pipeline.data.readers import registry
-from pipeline.data.readers.splits import derive_missing_splits, derived_note
+from pipeline.data.readers.splits import (
+    DERIVABLE, derived_note, missing_fractions, move_to_derived,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +80,21 @@ def convert_dataset(
     # The driver reads and writes remote storage too: its FileSystems take the pipeline's
     # options (e.g. --s3_endpoint_url), as the runner's workers do.
     FileSystems.set_options(pipeline_options(convert, 0))
-    with storage.staged_folder(output_dir, inputs) as partial:  # refuses a foreign folder before work
-        records, derived = derive_missing_splits(read_dataset(data, images, annotations),
-                                                 data.val_fraction, data.test_fraction)
-        label_map = build_label_map(data.classes, records)
-        _require_train(Counter(r.split for r in records)["train"], "has no images")
-        check_train_objects(records, label_map)
-        check_unknown_classes(records, label_map, data)
-        shards = num_shards_by_split(records, convert.num_shards)
-        return _convert_into(partial, data, convert, records, label_map, shards, derived)
+    with storage.staged_folder(output_dir, inputs) as partial, \
+            tempfile.TemporaryFile() as spool, tempfile.TemporaryFile() as moved:
+        listing = list_dataset(read_dataset(data, images, annotations), spool)
+        listing, derived = derive_missing_splits_of(listing, data, moved)
+        label_map = label_map_for(data.classes, listing.labels)
+        _require_train(listing.splits["train"], "has no images")
+        check_train_objects(listing, label_map)
+        check_unknown_classes(listing.labels, label_map, data)
+        shards = num_shards_by_split(listing.splits, convert.num_shards)
+        return _convert_into(partial, data, convert, listing, label_map, shards, derived)
 
 
 def read_dataset(
     data: DataParams, images: str | None = None, annotations: str | None = None
-) -> list[ImageRecord]:
+) -> Iterable[ImageRecord]:
     """Records of every split, from the reader of ``data.format``."""
     root = storage.path(data.root)
     if not (images or annotations) and not root.is_dir():
@@ -92,23 +102,67 @@ def read_dataset(
     return registry.reader(data.format)(root, data, images, annotations)
 
 
-def check_unknown_classes(records: Sequence[ImageRecord], label_map: LabelMap,
+@dataclass(frozen=True)
+class Listing:
+    """What the driver keeps of a dataset: images per split and boxes per label. The records
+    themselves wait in ``spool`` (a temporary file), so the driver's memory does not grow with
+    the dataset."""
+
+    splits: Counter[str]
+    labels: Counter[str]
+    train_labels: Counter[str]
+    spool: IO[bytes]
+
+    def records(self) -> Iterator[ImageRecord]:
+        """The records, read back one at a time in the reader's order."""
+        self.spool.seek(0)
+        return read_pickled(self.spool)
+
+
+def list_dataset(records: Iterable[ImageRecord], spool: IO[bytes]) -> Listing:
+    """Count ``records`` while writing them to ``spool`` (consumed once, never all in memory)."""
+    splits, labels, train_labels = Counter[str](), Counter[str](), Counter[str]()
+    for record in records:
+        splits[record.split] += 1
+        labels.update(obj.label for obj in record.objects)
+        if record.split == "train":
+            train_labels.update(obj.label for obj in record.objects)
+        pickle.dump(record, spool, pickle.HIGHEST_PROTOCOL)
+    return Listing(splits, labels, train_labels, spool)
+
+
+def derive_missing_splits_of(listing: Listing, data: DataParams,
+                             spool: IO[bytes]) -> tuple[Listing, dict[str, int]]:
+    """The listing with a missing val / test split taken from train by id hash (see
+    :mod:`pipeline.data.readers.splits`), spooled again to ``spool``, and the number of images
+    moved to each derived split (``{}`` and the listing itself when nothing is derived)."""
+    present = {split for split, count in listing.splits.items() if count}
+    fractions = missing_fractions(present, data.val_fraction, data.test_fraction)
+    if fractions is None:
+        return listing, {}
+    moved = list_dataset((move_to_derived(r, fractions) for r in listing.records()), spool)
+    return moved, {split: moved.splits[split] for split in DERIVABLE
+                   if fractions[split] and moved.splits[split]}
+
+
+def check_unknown_classes(labels: Mapping[str, int], label_map: LabelMap,
                           data: DataParams) -> None:
-    """With ``data.unknown_classes: error``, stop when a label is not in ``data.classes``."""
-    unknown = Counter(o.label for r in records for o in r.objects if o.label not in label_map)
+    """With ``data.unknown_classes: error``, stop when a label (``labels``: boxes per label) is
+    not in ``data.classes``."""
+    unknown = {label: n for label, n in labels.items() if label not in label_map}
     if unknown and data.unknown_classes == "error":
         found = ", ".join(f"{name!r} ({n} boxes)" for name, n in sorted(unknown.items()))
         raise PipelineError(f"labels not in data.classes: {found}; add them to data.classes "
                             "or set data.unknown_classes: skip")
 
 
-def check_train_objects(records: Sequence[ImageRecord], label_map: LabelMap) -> None:
+def check_train_objects(listing: Listing, label_map: LabelMap) -> None:
     """Stop when no box in train has a label of the label map (training would see no object),
     typically a typo in ``data.classes``: say which labels the annotations have, and the
     likely meant ones (case-insensitive and close matches)."""
-    if any(o.label in label_map for r in records if r.split == "train" for o in r.objects):
+    if any(label in label_map for label in listing.train_labels):
         return
-    found = Counter(o.label for r in records for o in r.objects)
+    found = listing.labels
     message = f"the train split has no box of the classes {list(label_map)}"
     message += f"; labels in the annotations: {sorted(found)}" if found else "; no box at all"
     guesses = did_you_mean([name for name in label_map if name not in found], found)
@@ -118,10 +172,11 @@ def check_train_objects(records: Sequence[ImageRecord], label_map: LabelMap) -> 
     raise PipelineError(message)
 
 
-def num_shards_by_split(records: Sequence[ImageRecord], num_shards: int) -> dict[str, int]:
-    """``num_shards`` for every split, or (0 = auto) one shard per IMAGES_PER_SHARD images."""
-    counts = Counter(record.split for record in records)
-    return {s: num_shards or max(1, math.ceil(counts[s] / IMAGES_PER_SHARD)) for s in SPLITS}
+def num_shards_by_split(images: Mapping[str, int], num_shards: int) -> dict[str, int]:
+    """``num_shards`` for every split, or (0 = auto) one shard per IMAGES_PER_SHARD of its
+    ``images``."""
+    return {s: num_shards or max(1, math.ceil(images.get(s, 0) / IMAGES_PER_SHARD))
+            for s in SPLITS}
 
 
 
@@ -189,17 +244,18 @@ def run_pipeline(pipeline: beam.Pipeline, options: PipelineOptions) -> PipelineR
 
 
 def _convert_into(
-    partial: str, data: DataParams, convert: ConvertParams, records: Sequence[ImageRecord],
+    partial: str, data: DataParams, convert: ConvertParams, listing: Listing,
     label_map: LabelMap, shards: Mapping[str, int], derived: Mapping[str, int],
 ) -> dict:
-    log.info("converting %d images (shards: %s) to %s", len(records), dict(shards), partial)
-    options = pipeline_options(convert, len(records))
+    num_images = sum(listing.splits.values())
+    log.info("converting %d images (shards: %s) to %s", num_images, dict(shards), partial)
+    options = pipeline_options(convert, num_images)
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-    build_pipeline(pipeline, records, partial, label_map, shards, data.size_mismatch)
+    build_pipeline(pipeline, listing.records(), partial, label_map, shards, data.size_mismatch)
     result = run_pipeline(pipeline, options)
     work = storage.join(partial, WORK_DIR)
     issues, summaries, counted = read_results(work)
-    report = build_report(data, label_map, records, summaries, issues, shards)
+    report = build_report(data, label_map, listing.splits, summaries, issues, shards)
     report["counters"] = beam_counters(result, counted)
     report["derived_splits"] = dict(derived)
     fractions = {"val": data.val_fraction, "test": data.test_fraction}

@@ -18,13 +18,18 @@ LabelMap = Mapping[str, int]
 
 def build_label_map(classes: Sequence[str], records: Iterable[ImageRecord]) -> dict[str, int]:
     """Ids for ``classes`` in the given order, or for the sorted labels found in ``records``."""
+    return label_map_for(classes, {obj.label for record in records for obj in record.objects})
+
+
+def label_map_for(classes: Sequence[str], labels: Iterable[str]) -> dict[str, int]:
+    """Ids for ``classes`` in the given order, or (none given) for the sorted ``labels``."""
     if classes:
         duplicates = sorted(name for name, n in Counter(classes).items() if n > 1)
         if duplicates:
             raise PipelineError(f"data.classes has duplicate names: {duplicates}")
         names = list(classes)
     else:
-        names = sorted({obj.label for record in records for obj in record.objects})
+        names = sorted(set(labels))
     if not names:
         raise PipelineError("no classes: data.classes is empty and the dataset has no objects")
     return {name: index for index, name in enumerate(names, start=1)}

@@ -25,10 +25,12 @@ _PROTO_FILE = "tensorflow/core/example/example.proto"
 _F = descriptor_pb2.FieldDescriptorProto
 
 
-def build_example(record: ImageRecord, encoded_jpeg: bytes, label_map: Mapping[str, int]) -> Any:
+def build_example(record: ImageRecord, encoded_jpeg: bytes, label_map: Mapping[str, int],
+                  jpeg_sha256: str | None = None) -> Any:
     """The ``tf.train.Example`` of ``record`` (size and boxes already checked) and its JPEG.
 
     Every object's label must be in ``label_map``: the caller drops unknown labels first.
+    ``jpeg_sha256`` is the JPEG's sha256 when the caller already has it (computed otherwise).
     """
     objects = record.objects
     width, height = float(record.width), float(record.height)
@@ -37,7 +39,7 @@ def build_example(record: ImageRecord, encoded_jpeg: bytes, label_map: Mapping[s
         "image/width": _ints([record.width]),
         "image/filename": _bytes([_file_name(record)]),
         "image/source_id": _bytes([record.image_id]),
-        "image/key/sha256": _bytes([hashlib.sha256(encoded_jpeg).hexdigest()]),
+        "image/key/sha256": _bytes([jpeg_sha256 or hashlib.sha256(encoded_jpeg).hexdigest()]),
         "image/encoded": _bytes([encoded_jpeg]),
         "image/format": _bytes(["jpeg"]),
         "image/object/bbox/xmin": _floats(o.xmin / width for o in objects),

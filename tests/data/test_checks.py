@@ -171,3 +171,57 @@ def test_reader_problem_skips_the_image(tmp_path: Path) -> None:
     issues: list[Issue] = []
     assert prepare_image(record, {}, issues) is None
     assert issues == [Issue("x.jpg", "val", "unsafe_annotation", "skipped", "x.xml: declares a DTD")]
+
+
+def _noise_jpeg(path: Path, size: tuple[int, int] = (400, 300)) -> bytes:
+    """A JPEG whose entropy-coded data fills most of the file (noise does not compress)."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+    return path.read_bytes()
+
+
+def test_cheap_validation_still_catches_truncated_and_corrupt_middle_jpegs(
+        tmp_path: Path, monkeypatch) -> None:
+    """Upright RGB JPEGs are validated by a reduced-size decode (``Image.draft``), which still
+    walks every entropy-coded byte: a file cut short, or with a marker (here a second SOI) in the
+    middle of its compressed data, is skipped exactly as a full decode would skip it."""
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    drafted: list[str] = []
+    draft = JpegImageFile.draft
+    monkeypatch.setattr(JpegImageFile, "draft", lambda self, mode, size: (
+        drafted.append(mode), draft(self, mode, size))[1])
+    data = _noise_jpeg(tmp_path / "ok.jpg")
+    middle = len(data) // 2
+    (tmp_path / "cut.jpg").write_bytes(data[:middle])
+    (tmp_path / "mid.jpg").write_bytes(data[:middle] + b"\xff\xd8" + data[middle + 2:])
+    issues: list[Issue] = []
+    kept = [prepare_image(ImageRecord(name, str(tmp_path / name), 400, 300, "train"), {},
+                          issues) is not None for name in ("ok.jpg", "cut.jpg", "mid.jpg")]
+    assert kept == [True, False, False]
+    assert [(i.file, i.reason, i.action) for i in issues] == [
+        ("cut.jpg", "corrupt_image", "skipped"), ("mid.jpg", "corrupt_image", "skipped")]
+    assert drafted == ["RGB"] * 3  # all three took the cheap path
+
+
+def test_a_stored_jpeg_is_hashed_once_and_a_reencoded_one_by_its_new_bytes(
+        tmp_path: Path, monkeypatch) -> None:
+    """``image/key/sha256`` is the stored JPEG's hash; for an image stored as its own bytes it
+    is the content hash the checks computed (one sha256 per image, not two)."""
+    import hashlib
+
+    from pipeline.data.checks import stored_jpeg_sha256
+    from pipeline.data.tfexample import build_example
+
+    calls: list[int] = []
+    sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda data=b"": (calls.append(1), sha256(data))[1])
+    for path, hashes in ((save(tmp_path / "a.jpg"), 1), (save(tmp_path / "g.png", fmt="PNG"), 2)):
+        calls.clear()
+        issues: list[Issue] = []
+        prepared = prepare_image(ImageRecord("x", path, 40, 30, "train"), {}, issues)
+        example = build_example(prepared.record, prepared.jpeg, {},
+                                stored_jpeg_sha256(prepared, issues))
+        key = example.features.feature["image/key/sha256"].bytes_list.value[0].decode()
+        assert key == sha256(prepared.jpeg).hexdigest()
+        assert len(calls) == hashes, path

@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import MARKER
 from pipeline.core.params import ConvertParams, DataParams, SampleParams
-from pipeline.core.records import hash_split
+from pipeline.core.records import ImageRecord, ObjectAnnotation, hash_split
 from pipeline.data.conversion import convert_dataset, pipeline_options
 from pipeline.data.labelmap import read_label_map
 from pipeline.data.readers.coco import read_coco
@@ -248,3 +248,31 @@ def test_convert_rbc_coco(tmp_path: Path) -> None:
     assert [report["splits"][s]["images"] for s in ("train", "val", "test")] == [210, 20, 10]
     records = read_coco(root, data.coco_annotation_file)
     assert_decoded_match(records, tmp_path, read_label_map(tmp_path / "label_map.pbtxt"))
+
+
+def test_driver_keeps_no_records_while_reading(tmp_path: Path, monkeypatch) -> None:
+    """The driver consumes a reader's records one at a time (counts kept, records spooled to
+    a file): while the reader yields, never more than two records it made are alive, so the
+    driver's memory does not grow with the dataset; every record is still converted."""
+    import weakref
+
+    from pipeline.data.readers.registry import READERS
+
+    image = save(tmp_path / "a.jpg")
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = [0]
+
+    def streaming_reader(root, data, images=None, annotations=None):
+        for index in range(300):
+            record = ImageRecord(f"i{index}", image, 40, 30, ("train", "val", "test")[index % 3],
+                                 (ObjectAnnotation("cat", 1, 1, 9, 9),), str(tmp_path))
+            alive.add(record)
+            most[0] = max(most[0], len(alive))
+            yield record
+            del record
+
+    monkeypatch.setitem(READERS, "voc", streaming_reader)
+    report = convert_dataset(DataParams(root=str(tmp_path)), ConvertParams(), tmp_path / "out")
+    assert most[0] <= 2
+    assert [report["splits"][s]["images"] for s in ("train", "val", "test")] == [100, 100, 100]
+    assert report["images_listed"] == report["images"] == 300

@@ -113,3 +113,31 @@ def test_cli_yolo_labels_next_to_the_images(tmp_path: Path, monkeypatch) -> None
     decoded = decode_records(sorted(out.glob("train.tfrecord-*")))
     assert set(decoded) == {f"s{i}" for i in range(6)}
     np.testing.assert_allclose(decoded["s0"]["boxes"], [[0.25, 0.375, 0.75, 0.625]], atol=1e-6)
+
+
+def test_convert_process_never_imports_tensorflow(tmp_path: Path) -> None:
+    """The whole stage (Beam graph, checks, Example building, report, MLflow run) runs without
+    TensorFlow: importing it costs seconds of start-up in the driver and every Beam worker."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import ROOT
+
+    dataset = tmp_path / "voc"
+    generate(SampleParams(num_images=10), dataset)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    script = (
+        "import json, sys\n"
+        "from pipeline.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(json.dumps({'code': code, 'tensorflow': sorted(m for m in sys.modules\n"
+        "    if m.split('.')[0] == 'tensorflow')}))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "convert", "--params", str(tmp_path / "params.yaml"),
+         "--input", str(dataset), "--output", str(tmp_path / "out")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 0, "tensorflow": []}

@@ -10,7 +10,7 @@ would have gone there without split lists, and adding images never moves the oth
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from pipeline.core.records import ImageRecord, hash_split
@@ -28,15 +28,31 @@ def derive_missing_splits(
     A split is missing when no record is in it. On a dataset split by hash already this moves
     nothing: its train images are exactly those the hash leaves in train.
     """
-    present = {record.split for record in records}
+    fractions = missing_fractions({record.split for record in records}, val_fraction,
+                                  test_fraction)
+    if fractions is None:
+        return list(records), {}
+    moved = [move_to_derived(r, fractions) for r in records]
+    derived = Counter(r.split for r in moved if r.split in DERIVABLE and fractions[r.split])
+    return moved, dict(sorted(derived.items()))
+
+
+def missing_fractions(present: Collection[str], val_fraction: float,
+                      test_fraction: float) -> dict[str, float] | None:
+    """The fraction of train each missing split takes (0 for a split that is ``present``), or
+    None when nothing is derived (no train, or no missing split with a fraction)."""
     fractions = {split: fraction if split not in present else 0.0
                  for split, fraction in zip(DERIVABLE, (val_fraction, test_fraction))}
     if "train" not in present or not any(fractions.values()):
-        return list(records), {}
-    moved = [replace(r, split=hash_split(r.image_id, fractions["val"], fractions["test"]))
-             if r.split == "train" else r for r in records]
-    derived = Counter(r.split for r in moved if r.split in DERIVABLE and fractions[r.split])
-    return moved, dict(sorted(derived.items()))
+        return None
+    return fractions
+
+
+def move_to_derived(record: ImageRecord, fractions: Mapping[str, float]) -> ImageRecord:
+    """A train record in the split its id hash gives with ``fractions``; others unchanged."""
+    if record.split != "train":
+        return record
+    return replace(record, split=hash_split(record.image_id, fractions["val"], fractions["test"]))
 
 
 def derived_note(split: str, images: int, fraction: float) -> str:
