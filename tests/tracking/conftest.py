@@ -24,6 +24,7 @@ from typing import Iterator
 
 import pytest
 
+from pipeline.core.params import MlflowParams
 from tests.stages.test_train_resilience import free_port, wait_for
 
 #: where Debian's ``postgresql`` package puts the server binaries (``/usr/lib/postgresql/15/bin``)
@@ -233,3 +234,21 @@ def mlflow_server(postgres, tmp_path_factory) -> Iterator[MlflowServer]:
         yield server
     finally:
         stop_process(server.process)
+
+
+# --- a local SQLite tracking store (the fast tests) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store per test module (creating one takes seconds); each test has its own
+    experiment in it."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'm.db'}"
+
+
+@pytest.fixture
+def settings(store, tmp_path, monkeypatch) -> MlflowParams:
+    """MLflow settings for one test: its own experiment, artifacts under its tmp folder."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns
+    return MlflowParams(experiment=tmp_path.name, tracking_uri=store)

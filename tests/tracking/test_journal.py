@@ -8,20 +8,6 @@ from pipeline.tracking import journal as tracking
 from pipeline.core.params import MlflowParams, Params
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One SQLite store for the module (creating one takes seconds); each test has its own
-    experiment in it."""
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'm.db'}"
-
-
-@pytest.fixture
-def settings(store, tmp_path, monkeypatch) -> MlflowParams:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns
-    return MlflowParams(experiment=tmp_path.name, tracking_uri=store)
-
-
 def test_environment_variable_overrides_the_params_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking.tracking_uri(MlflowParams()) == "http://127.0.0.1:5999"

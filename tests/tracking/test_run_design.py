@@ -4,25 +4,11 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-import pytest
 
 from pipeline.core.layout import CONFIGS_DIR
-from pipeline.core.params import DataParams, MlflowParams, Params
+from pipeline.core.params import DataParams, Params
 from pipeline.tracking import client as tracking_client
 from pipeline.tracking import journal as tracking
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One SQLite store for the module (creating one takes seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'm.db'}"
-
-
-@pytest.fixture
-def settings(store, tmp_path, monkeypatch) -> MlflowParams:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns
-    return MlflowParams(experiment=tmp_path.name, tracking_uri=store)
 
 
 def _client(settings):
