@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-
 from pipeline.core.layout import CONFIGS_DIR
 from pipeline.core.params import DataParams, Params
 from pipeline.tracking import client as tracking_client
