@@ -91,7 +91,7 @@ def test_fine_tuning_restores_by_value_freezes_k_steps_and_exits_cleanly(tmp_pat
     client = MlflowClient(f"sqlite:///{b / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("object-detection").experiment_id
     (train_run,) = [r for r in client.search_runs([experiment])
-                    if r.data.tags.get("mlflow.runName") == "train"]
+                    if r.data.tags.get("pipeline.stage") == "train"]
     assert train_run.data.params["fine_tune.restored_variables"] == str(len(extractor))
     assert train_run.data.params["fine_tune.unrestored_variables"] == "0"
     assert train_run.data.params["fine_tune.freshly_initialised_variables"] == str(len(fresh))
