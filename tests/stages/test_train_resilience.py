@@ -204,6 +204,9 @@ def test_tracking_server_dies_mid_run_training_finishes_and_every_metric_is_reco
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update({"num_steps": 20, "eval_every_n": 10})
     (project / "params_remote.yaml").write_text(yaml.safe_dump(params))
+    # Training reads its steps from the config it trains: render one for these params.
+    run([sys.executable, "-m", "pipeline", "configure", "--params", "params_remote.yaml",
+         "--output", "models/remote.config"], project)
     model_dir = project / "models/remote"
     journal = tracking.RunJournal(MlflowParams(), model_dir)
     server, url = start_mlflow_server(tmp_path)
@@ -212,6 +215,7 @@ def test_tracking_server_dies_mid_run_training_finishes_and_every_metric_is_reco
         with log_path.open("w") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "train", "--params", "params_remote.yaml",
+                 "--config", "models/remote.config",
                  "--model-dir", "models/remote", "--metrics", "reports/remote_metrics.json",
                  "--curves", "reports/remote_curves.csv", "--eval-curves",
                  "reports/remote_eval.csv"],
