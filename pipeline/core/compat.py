@@ -56,9 +56,9 @@ def apply() -> None:
 # sets it when it is imported (child processes, Beam workers and DVC's stage commands inherit
 # it); :func:`require_legacy_keras` refuses to run a stage when TensorFlow was imported first.
 # Drop when the OD API runs on Keras 3 (it has no such release).
-# 0b. Stack noise (not a shim: it changes no behaviour): TF's C++ INFO lines are hidden unless
-# TF_CPP_MIN_LOG_LEVEL is set, and one misleading Beam import warning is dropped; the lines that
-# remain on every run are explained in docs/stack.md.
+# 0b. Stack noise (not a shim: it changes no behaviour): one misleading Beam import warning is
+# dropped. TensorFlow's log levels are set by pipeline.core.logs (quiet unless --verbose); the
+# lines that remain on every run are explained in docs/stack.md.
 
 LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
 
@@ -70,7 +70,6 @@ def use_legacy_keras() -> None:
 
 def quiet_known_stack_noise() -> None:
     """Drop the stack's import-time log lines that say nothing to the user (shim 0b)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines (CPU features...)
     import logging
 
     root = logging.getLogger()
