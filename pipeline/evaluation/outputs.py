@@ -235,7 +235,11 @@ def _short(name: str, width: int = 24) -> str:
 
 def draw_pictures(directory: Path, pictures: Pictures, errors: dict[int, int]
                   ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
-    """PNGs of the first and of the worst test images; ``(caption, path)`` lists."""
+    """PNGs of the first and of the worst test images; ``(caption, path)`` lists.
+
+    ``directory`` is created even when no picture is asked for (report.sample_images and
+    worst_images 0): it is a DVC output of the report stage, which DVC requires to exist."""
+    directory.mkdir(parents=True, exist_ok=True)
     count = len(pictures.truths)
     samples = list(range(min(pictures.num_samples, count)))
     by_errors = sorted(range(count), key=lambda k: -errors.get(pictures.truths[k].image_id, 0))
