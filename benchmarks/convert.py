@@ -31,8 +31,11 @@ has run before). Goals (issue 16): median ratio >= 2.0 at 20,000 images on a qui
 Run from the repository root with the environment active:
 ``python benchmarks/convert.py [--images N] [--rounds R] [--busy K]``;
 ``--driver-memory 20000 100000`` runs our side alone at each size and prints the driver's peak
-memory; ``--profile 1000`` prints the CPU per image of each phase (in this process). The last
-line printed is a JSON object.
+memory; ``--profile 1000`` prints the CPU per image of each phase (in this process);
+``--runners`` runs our side on the DirectRunner and on Beam's DaskRunner (``convert.runner:
+dask`` with no scheduler address: a local cluster of one worker process per core, which the
+driver starts and stops), alternating rounds, and prints both sides' wall time and peak
+memory (issue 14). The last line printed is a JSON object.
 """
 from __future__ import annotations
 
@@ -127,21 +130,23 @@ def _sample_rss(pid: int, peaks: dict[str, int]) -> None:
         return
 
 
-def prepare_ours(work: Path) -> Path:
+def prepare_ours(work: Path, runner: str = "DirectRunner") -> Path:
     """``work/params.yaml`` for our side, with its MLflow database created (as in a project that
     has run before: creating it runs MLflow's schema migrations once, seconds no later run pays)."""
     params = work / "params.yaml"
-    params.write_text(f"mlflow:\n  tracking_uri: sqlite:///{work / 'mlflow.db'}\n")
+    params.write_text(f"convert:\n  runner: {runner}\n"
+                      f"mlflow:\n  tracking_uri: sqlite:///{work / 'mlflow.db'}\n")
     subprocess.run([sys.executable, "-c", "import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]);"
                     "mlflow.set_experiment('object-detection')", f"sqlite:///{work / 'mlflow.db'}"],
                    check=True, capture_output=True)
     return params
 
 
-def run_ours(data_dir: Path, work: Path) -> dict:
-    shutil.rmtree(work / "ours", ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline", "convert", "--params", str(work / "params.yaml"),
-           "--format", "voc", "--input", str(data_dir / "VOC2012"), "--output", str(work / "ours")]
+def run_ours(data_dir: Path, work: Path, params: str = "params.yaml",
+             output: str = "ours") -> dict:
+    shutil.rmtree(work / output, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline", "convert", "--params", str(work / params),
+           "--format", "voc", "--input", str(data_dir / "VOC2012"), "--output", str(work / output)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return measure(cmd, env, ROOT)
@@ -258,6 +263,51 @@ def driver_memory(sizes: list[int], tmp: Path) -> dict:
     return {"driver_memory": figures}
 
 
+# --- DirectRunner vs DaskRunner (``--runners``) ---------------------------------------------------
+
+RUNNERS = {"direct": "DirectRunner", "dask": "dask"}
+
+
+def compare_runners(images: int, rounds: int, tmp: Path) -> dict:
+    """Our side on each runner, same files, alternating (direct first in even rounds); wall
+    time and peak memory (driver alone and its process tree) per round, then the medians."""
+    replicate_bccd(images, tmp / "VOCdevkit")
+    for side, runner in RUNNERS.items():
+        (tmp / side).mkdir()
+        prepare_ours(tmp / side, runner)
+    print(f"dataset: {images} images in {tmp / 'VOCdevkit'}", flush=True)
+    results = []
+    for index in range(rounds):
+        order = ("direct", "dask") if index % 2 == 0 else ("dask", "direct")
+        runs = {side: run_ours(tmp / "VOCdevkit", tmp / side) for side in order}
+        results.append(runs)
+        for side in order:
+            run = runs[side]
+            print(f"round {index} {side:6}: {run['seconds']:6.1f} s "
+                  f"{images / run['seconds']:7.1f} images/s, CPU {run['cpu_seconds']:5.1f} s, "
+                  f"driver peak {run['driver_peak_mb']:4.0f} MB, tree peak {run['peak_mb']:4.0f} "
+                  f"MB, load {run['load_before']:.2f} -> {run['load_after']:.2f}", flush=True)
+    # Every split: without split lists, val and test are derived from the listed images.
+    written = {side: count_records(tmp / side / "ours" / "*.tfrecord-*") for side in RUNNERS}
+    if written["direct"] != written["dask"]:
+        sys.exit(f"the runners wrote different numbers of records: {written}")
+    loads = [run[key] for runs in results for run in runs.values()
+             for key in ("load_before", "load_after")]
+    summary: dict[str, Any] = {"images": images, "rounds": len(results), "cores": os.cpu_count(),
+                               "records_written": written,
+                               "load_average_max": round(max(loads), 2)}
+    for side in RUNNERS:
+        runs = [r[side] for r in results]
+        seconds = statistics.median(r["seconds"] for r in runs)
+        summary[side] = {"median_seconds": round(seconds, 1),
+                         "images_per_second": round(images / seconds, 1),
+                         "driver_peak_mb": round(max(r["driver_peak_mb"] for r in runs)),
+                         "tree_peak_mb": round(max(r["peak_mb"] for r in runs))}
+    summary["dask_over_direct_seconds"] = round(
+        summary["dask"]["median_seconds"] / summary["direct"]["median_seconds"], 2)
+    return summary
+
+
 # --- per-image and per-phase profile (``--profile``) -------------------------------------------
 
 def profile_phases(count: int, tmp: Path) -> dict:
@@ -345,6 +395,8 @@ def main() -> None:
                         help="instead: our side alone at these sizes, the driver's peak memory")
     parser.add_argument("--profile", type=int, metavar="IMAGES",
                         help="instead: CPU per image of each phase, in this process")
+    parser.add_argument("--runners", action="store_true",
+                        help="instead: our side on the DirectRunner vs Beam's DaskRunner")
     args = parser.parse_args()
     if not BCCD.is_dir():
         sys.exit(f"{BCCD} not found: this benchmark needs ../shared/datasets/bccd_voc")
@@ -355,6 +407,8 @@ def main() -> None:
             result = profile_phases(args.profile, Path(tmp))
         elif args.driver_memory:
             result = driver_memory(args.driver_memory, Path(tmp))
+        elif args.runners:
+            result = compare_runners(args.images, args.rounds, Path(tmp))
         else:
             result = compare(args.images, args.rounds, args.busy, Path(tmp))
     print(json.dumps(result))

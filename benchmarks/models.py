@@ -212,11 +212,23 @@ def write_params(path: Path, work: Path, model: str, batch_size: int, steps: int
 def prepare_data(work: Path) -> None:
     """The built-in sample dataset (40 images) converted to TFRecords, through the stages."""
     params = write_params(work / "params.yaml", work, "ssd_mobilenet_v2_fpnlite_cpu", 4, 10)
-    python = sys.executable
-    sh([python, "-m", "pipeline", "sample", "--params", str(params), "--output",
-        str(work / "sample")])
-    sh([python, "-m", "pipeline", "convert", "--params", str(params), "--output",
+    run_sample(params, work / "sample")
+    sh([sys.executable, "-m", "pipeline", "convert", "--params", str(params), "--output",
         str(work / "tfrecords")])
+
+
+def run_sample(params: Path, output: Path) -> None:
+    """The sample stage, writing ``output`` (the ``data.root`` of ``params``). It runs with a
+    copy of ``params`` whose data.root is the project's default: every stage refuses a
+    data.root that does not exist yet, except the project's own sample folder."""
+    import yaml
+
+    values = yaml.safe_load(params.read_text())
+    values["data"]["root"] = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["root"]
+    sample_params = params.with_name(f"{params.stem}_sample.yaml")
+    sample_params.write_text(yaml.safe_dump(values))
+    sh([sys.executable, "-m", "pipeline", "sample", "--params", str(sample_params), "--output",
+        str(output)])
 
 
 def configure(work: Path, model: str, batch_size: int, steps: int) -> Path:

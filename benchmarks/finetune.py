@@ -1,0 +1,143 @@
+"""Fine-tuning vs training from scratch: test mAP on a second dataset after the same steps.
+
+No zoo checkpoint can be downloaded here, so the "pretrained" model is built the way a user
+builds their own: the default model trained by ``dvc repro train`` on dataset A (the built-in
+sample: 3 synthetic shape classes, the default params), or the checkpoint given with
+``--pretrained`` (a checkpoint prefix or a folder holding one, e.g. ``models/train/best`` of a
+finished default run). Dataset B is BCCD (``../shared/datasets/bccd_voc/BCCD``: blood cells,
+classes RBC, WBC and Platelets, its own train/val/test lists). Two projects (copies of this
+product with their own params and DVC repository) run ``dvc repro report`` on B for
+``--steps`` steps with the same params, but one sets ``model.checkpoint`` to the pretrained
+checkpoint (``fine_tune_checkpoint_type: detection``: backbone and feature pyramid restored,
+box predictor fresh; the fine-tuning schedule of configs/models.yaml) and the other trains from
+scratch. Prints each side's test mAP, mAP@0.5, per-class AP@0.5, the restore counts and the
+train stage's wall time; issue 12's goal is a better mAP@0.5 when fine-tuned.
+
+Run from the repository root with the environment active: ``python benchmarks/finetune.py
+[--steps N] [--pretrained PATH]``. The last line printed is a JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BCCD = ROOT.parent / "shared" / "datasets" / "bccd_voc" / "BCCD"
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'", re.M)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=400, help="training steps on BCCD, per side")
+    parser.add_argument("--pretrained", type=Path,
+                        help="checkpoint prefix or folder (default: train one on the sample)")
+    parser.add_argument("--keep", type=Path, help="keep the projects in this folder")
+    return parser.parse_args(argv)
+
+
+def make_project(directory: Path, overrides: dict) -> Path:
+    """A copy of the product (dvc.yaml, code, templates) with its own params and DVC repo."""
+    directory.mkdir(parents=True)
+    shutil.copy(ROOT / "dvc.yaml", directory)
+    for name in ("pipeline", "configs"):
+        shutil.copytree(ROOT / name, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{directory / 'mlflow.db'}"
+    (directory / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc(["init", "--no-scm", "-q"], directory)
+    return directory
+
+
+def dvc(args: list[str], project: Path) -> dict[str, float]:
+    """Run ``dvc`` in ``project``; the seconds of each stage it ran (from its output)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    last = time.perf_counter()
+    stages: dict[str, float] = {}
+    current, lines = None, []
+    proc = subprocess.Popen(["dvc", *args], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for line in proc.stdout:
+        lines.append(line)
+        match = STAGE_LINE.match(line)
+        if match:
+            now = time.perf_counter()
+            if current:
+                stages[current] = round(now - last, 1)
+            current, last = match.group(1), now
+    if proc.wait() != 0:
+        sys.exit(f"dvc {' '.join(args)} failed in {project}:\n" + "".join(lines[-80:]))
+    if current:
+        stages[current] = round(time.perf_counter() - last, 1)
+    return stages
+
+
+def pretrained_on_sample(work: Path) -> Path:
+    """Dataset A: the default model trained on the built-in sample with the default params."""
+    project = make_project(work / "a_sample", {})
+    print("training the 'pretrained' model on the sample (default params) ...", flush=True)
+    seconds = dvc(["repro", "train"], project)
+    print(f"  done: train stage {seconds.get('train')} s", flush=True)
+    return project / "models" / "train" / "best"
+
+
+def bccd_params(steps: int, checkpoint: str) -> dict:
+    return {"data": {"format": "voc", "root": str(BCCD), "classes": []},
+            "model": {"checkpoint": checkpoint},
+            "train": {"num_steps": steps, "eval_every_n": 0, "checkpoint_every_n": steps},
+            "export": {"tflite": [], "verify_images": 2},
+            "report": {"sample_images": 0, "worst_images": 0, "registered_model": ""}}
+
+
+def run_side(work: Path, name: str, steps: int, checkpoint: str) -> dict:
+    project = make_project(work / name, bccd_params(steps, checkpoint))
+    print(f"{name}: dvc repro report ({steps} steps on BCCD) ...", flush=True)
+    load_before = os.getloadavg()[0]
+    seconds = dvc(["repro", "report"], project)
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    restore = project / "models" / "train" / "fine_tune_restore.json"
+    counts = {}
+    if restore.is_file():
+        report = json.loads(restore.read_text())
+        counts = {k: report[k] for k in ("restored_variables", "unrestored_variables",
+                                         "freshly_initialised_variables")}
+    return {"map": round(metrics["map"], 3), "map_50": round(metrics["map_50"], 3),
+            "map_75": round(metrics["map_75"], 3),
+            "ap50_per_class": {k: round(v["ap50"], 3) for k, v in metrics["per_class"].items()},
+            "train_seconds": seconds.get("train"), "restore": counts,
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not BCCD.is_dir():
+        sys.exit(f"{BCCD} not found: this benchmark needs ../shared/datasets/bccd_voc")
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        work = args.keep or Path(tmp)
+        pretrained = (args.pretrained or pretrained_on_sample(work)).resolve()
+        sides = {"scratch": run_side(work, "b_scratch", args.steps, "none"),
+                 "fine_tuned": run_side(work, "b_fine_tuned", args.steps, str(pretrained))}
+    for name, side in sides.items():
+        classes = ", ".join(f"{k} {v}" for k, v in side["ap50_per_class"].items())
+        print(f"{name:>10}: mAP {side['map']}, mAP@0.5 {side['map_50']}, AP75 {side['map_75']} "
+              f"(AP@0.5 {classes}); train stage {side['train_seconds']} s; load "
+              f"{side['load_before']} -> {side['load_after']}; restore {side['restore']}")
+    better = sides["fine_tuned"]["map_50"] > sides["scratch"]["map_50"]
+    print(json.dumps({"steps": args.steps, "pretrained": str(pretrained), **sides,
+                      "fine_tuned_better_map_50": better}))
+
+
+if __name__ == "__main__":
+    main()
