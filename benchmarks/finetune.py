@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=400, help="training steps on BCCD, per side")
     parser.add_argument("--pretrained", type=Path,
                         help="checkpoint prefix or folder (default: train one on the sample)")
+    parser.add_argument("--learning-rate", type=float, default=0.0,
+                        help="train.learning_rate of both sides (default 0: each side's own, "
+                        "i.e. the fine-tuning factor of configs/models.yaml on that side)")
     parser.add_argument("--keep", type=Path, help="keep the projects in this folder")
     return parser.parse_args(argv)
 
@@ -93,16 +96,17 @@ def pretrained_on_sample(work: Path) -> Path:
     return project / "models" / "train" / "best"
 
 
-def bccd_params(steps: int, checkpoint: str) -> dict:
+def bccd_params(steps: int, checkpoint: str, learning_rate: float) -> dict:
     return {"data": {"format": "voc", "root": str(BCCD), "classes": []},
             "model": {"checkpoint": checkpoint},
-            "train": {"num_steps": steps, "eval_every_n": 0, "checkpoint_every_n": steps},
+            "train": {"num_steps": steps, "eval_every_n": 0, "checkpoint_every_n": steps,
+                      "learning_rate": learning_rate},
             "export": {"tflite": [], "verify_images": 2},
             "report": {"sample_images": 0, "worst_images": 0, "registered_model": ""}}
 
 
-def run_side(work: Path, name: str, steps: int, checkpoint: str) -> dict:
-    project = make_project(work / name, bccd_params(steps, checkpoint))
+def run_side(work: Path, name: str, steps: int, checkpoint: str, learning_rate: float) -> dict:
+    project = make_project(work / name, bccd_params(steps, checkpoint, learning_rate))
     print(f"{name}: dvc repro report ({steps} steps on BCCD) ...", flush=True)
     load_before = os.getloadavg()[0]
     seconds = dvc(["repro", "report"], project)
@@ -127,15 +131,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         work = args.keep or Path(tmp)
         pretrained = (args.pretrained or pretrained_on_sample(work)).resolve()
-        sides = {"scratch": run_side(work, "b_scratch", args.steps, "none"),
-                 "fine_tuned": run_side(work, "b_fine_tuned", args.steps, str(pretrained))}
+        sides = {"scratch": run_side(work, "b_scratch", args.steps, "none", args.learning_rate),
+                 "fine_tuned": run_side(work, "b_fine_tuned", args.steps, str(pretrained),
+                                        args.learning_rate)}
     for name, side in sides.items():
         classes = ", ".join(f"{k} {v}" for k, v in side["ap50_per_class"].items())
         print(f"{name:>10}: mAP {side['map']}, mAP@0.5 {side['map_50']}, AP75 {side['map_75']} "
               f"(AP@0.5 {classes}); train stage {side['train_seconds']} s; load "
               f"{side['load_before']} -> {side['load_after']}; restore {side['restore']}")
     better = sides["fine_tuned"]["map_50"] > sides["scratch"]["map_50"]
-    print(json.dumps({"steps": args.steps, "pretrained": str(pretrained), **sides,
+    print(json.dumps({"steps": args.steps, "pretrained": str(pretrained),
+                      "learning_rate": args.learning_rate, **sides,
                       "fine_tuned_better_map_50": better}))
 
 

@@ -53,10 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_worker(args: argparse.Namespace) -> None:
     """One training through the train stage segment of the checkout ``SRC``; print images/s."""
     src, config, model_dir = (Path(p) for p in args.worker)
-    # The package first: benchmarks/pipeline.py would shadow it.
-    sys.path[:0] = [str(src)]
-    sys.path.append(str(src / "benchmarks"))
-    import pipeline  # noqa: F401  (that checkout's; the new one sets TF_USE_LEGACY_KERAS)
+    # That checkout's package, then its benchmarks/models.py, both before this script's own
+    # folder (sys.path[0]); the package first: benchmarks/pipeline.py would shadow it.
+    sys.path[:0] = [str(src), str(src / "benchmarks")]
+    import pipeline  # that checkout's (the new one sets TF_USE_LEGACY_KERAS)
+
+    if not Path(pipeline.__file__).resolve().is_relative_to(src.resolve()):
+        # An editable install of another checkout in that environment wins over sys.path.
+        sys.exit(f"the old side imported {pipeline.__file__}, not {src}'s package: uninstall "
+                 f"the project from {sys.prefix} (pip uninstall od-pipeline)")
     import models  # that checkout's benchmarks/models.py
 
     models.train_stage_segment(config, model_dir, args.steps, args.steps, args.batch_size)

@@ -26,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-# Appended, not prepended: benchmarks/pipeline.py would shadow the project's package.
-sys.path.append(str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+# This checkout's package first: benchmarks/pipeline.py (this script's folder is sys.path[0])
+# would shadow it.
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "benchmarks"))
 import models  # noqa: E402  (benchmarks/models.py: sh, steady_rate, run_sample)
-
-ROOT = models.ROOT
 TEMPLATE = "ssd_mobilenet_v2_fpnlite_cpu"
 
 
