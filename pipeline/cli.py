@@ -8,10 +8,13 @@ Each stage module defines ``add_arguments(parser)`` and ``run(args, params)``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
 import os
 import sys
+import threading
+from typing import NoReturn
 
 from pipeline.core import layout
 from pipeline.core import logs, redaction
@@ -84,3 +87,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.stage}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def console_main() -> NoReturn:
+    """The entry point of ``odp`` and ``python -m pipeline``: :func:`main`, then
+    :func:`exit_without_teardown`."""
+    exit_without_teardown(main())
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process as a normal exit does, minus the interpreter's teardown of its modules.
+
+    Python's teardown of Beam's and MLflow's modules (gRPC, pyarrow, SQLAlchemy: C code, no
+    Python frame) costs 1-2 s at the exit of every stage process (measured: 0.8 s after
+    importing Beam alone, 2.1 s after an MLflow run), and writes nothing: the stage's files are
+    closed and its MLflow run ended by then. So this does what ``sys.exit`` does first (join the
+    non-daemon threads, run the atexit handlers: MLflow's, multiprocessing's, logging's flush),
+    flushes stdout and stderr and ends the process. Not when TensorFlow is loaded: its file
+    writers (TF event files) flush when their objects are destroyed, so those stages exit
+    normally.
+    """
+    if "tensorflow" in sys.modules:
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # noqa: SLF001 (what Py_Finalize runs first; public since 2.x)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import types
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_every_stage_accepts_verbose():
 
 def test_the_odp_console_script_is_the_cli():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["odp"] == "pipeline.cli:main"
+    assert project["scripts"]["odp"] == "pipeline.cli:console_main"
 
 
 @pytest.mark.parametrize("argv0, name", [("/venv/bin/odp", "odp"),
@@ -70,3 +71,34 @@ def test_no_stage_help_imports_tensorflow(tmp_path):
                             capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"{result.stdout.strip()} --help imports TensorFlow"
+
+
+def test_exit_without_teardown_does_what_a_normal_exit_does_first(tmp_path):
+    """Non-daemon threads finish, atexit handlers run, buffered output is written, the code
+    is the process's exit status; only the interpreter's teardown of modules is skipped."""
+    program = (
+        "import atexit, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from pipeline import cli\n"
+        f"folder = Path({str(tmp_path)!r})\n"
+        "atexit.register(lambda: (folder / 'atexit').write_text('ran'))\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    (folder / 'thread').write_text('done')\n"
+        "threading.Thread(target=late).start()\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "cli.exit_without_teardown(3)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "buffered, no newline"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"
+
+
+def test_with_tensorflow_loaded_the_exit_is_a_normal_one(monkeypatch):
+    # TF event-file writers flush when destroyed: those processes keep Python's teardown.
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    with pytest.raises(SystemExit) as exited:
+        cli.exit_without_teardown(4)
+    assert exited.value.code == 4
