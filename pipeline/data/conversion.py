@@ -32,17 +32,18 @@ from typing import IO
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineRunner
 
-from pipeline.core import layout, redaction
+from pipeline.core import layout, progress, redaction
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ConvertParams, DataParams
 from pipeline.core.records import SPLITS, ImageRecord
 from pipeline.core.schema import did_you_mean
 from pipeline.data import storage
 from pipeline.data.beam import (
-    METRICS_NAMESPACE, WORK_DIR, build_pipeline, dask_problems, read_pickled, read_results,
+    METRICS_NAMESPACE, WORK_DIR, ConvertedImages, build_pipeline, dask_problems, read_pickled,
+    read_results,
 )
 from pipeline.data.health import build_report, report_markdown, write_plots
 from pipeline.data.labelmap import LabelMap, label_map_for, label_map_text
@@ -82,7 +83,9 @@ def convert_dataset(
     FileSystems.set_options(pipeline_options(convert, 0))
     with storage.staged_folder(output_dir, inputs) as partial, \
             tempfile.TemporaryFile() as spool, tempfile.TemporaryFile() as moved:
-        listing = list_dataset(read_dataset(data, images, annotations), spool)
+        with progress.Bar(read_dataset(data, images, annotations), desc="read annotations",
+                          unit="img") as records:
+            listing = list_dataset(records, spool)
         listing, derived = derive_missing_splits_of(listing, data, moved)
         label_map = label_map_for(data.classes, listing.labels)
         _require_train(listing.splits["train"], "has no images")
@@ -225,6 +228,26 @@ def is_dask(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner == DASK_RUNNER
 
 
+def runs_in_this_process(options: PipelineOptions) -> bool:
+    """Whether the runner of ``options`` runs its workers in this process (the DirectRunner's
+    ``in_memory`` and ``multi_threading`` modes), where their image counter can be read."""
+    return (options.view_as(StandardOptions).runner in (None, "DirectRunner")
+            and options.view_as(DirectOptions).direct_running_mode in ("in_memory",
+                                                                       "multi_threading"))
+
+
+def run_with_progress(pipeline: beam.Pipeline, options: PipelineOptions,
+                      num_images: int) -> PipelineResult:
+    """:func:`run_pipeline` with a bar of the images converted when the workers run in this
+    process (:class:`~pipeline.data.beam.ConvertedImages`); elsewhere (other processes, other
+    runners) the workers log their progress per shard."""
+    start = ConvertedImages.count
+    with progress.Bar(desc="convert", unit="img", total=num_images,
+                      enabled=runs_in_this_process(options)) as bar, \
+            progress.polled(bar, lambda: ConvertedImages.count - start):
+        return run_pipeline(pipeline, options)
+
+
 def run_pipeline(pipeline: beam.Pipeline, options: PipelineOptions) -> PipelineResult:
     """Run ``pipeline`` to the end; on Dask, refuse a graph Dask would run differently
     (PipelineError naming the steps) and close the client (and a local cluster) afterwards."""
@@ -252,7 +275,7 @@ def _convert_into(
     options = pipeline_options(convert, num_images)
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build_pipeline(pipeline, listing.records(), partial, label_map, shards, data.size_mismatch)
-    result = run_pipeline(pipeline, options)
+    result = run_with_progress(pipeline, options, num_images)
     work = storage.join(partial, WORK_DIR)
     issues, summaries, counted = read_results(work)
     report = build_report(data, label_map, listing.splits, summaries, issues, shards)

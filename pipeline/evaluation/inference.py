@@ -17,13 +17,12 @@ from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
-from pipeline.core import layout
+from pipeline.core import layout, progress
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation import coco as coco_eval
 from pipeline.evaluation.coco import GroundTruthImage, ImageDetections
-from pipeline.evaluation.test_records import read_samples
+from pipeline.evaluation.test_records import Sample, read_samples
 from pipeline.odapi.detector import Detections, Detector
 
 log = logging.getLogger(__name__)
@@ -46,20 +45,27 @@ class TestRun:
 def run_saved_model(detector: Detector, files: list[str], warmup_images: int) -> TestRun:
     """Run ``detector`` on every test record of ``files``; PipelineError if there is none."""
     run = TestRun([], [], [], [])
-    progress = tqdm(read_samples(files), desc="report", unit="img", disable=None)
-    for index, sample in enumerate(progress):
-        inputs = detector.example_input(sample.serialized, sample.encoded)
-        if index < warmup_images:
-            detector(inputs)  # untimed: the first calls trace and allocate
-        detections = _timed(detector, inputs, run.latencies)
-        run.truths.append(sample.truth)
-        run.images.append(sample.encoded)
-        run.detections.append(image_detections(sample.truth, detections))
-        if progress.disable and (index + 1) % _LOG_EVERY == 0:
-            log.info("evaluated %d images", index + 1)
+    total = progress.count_records(files) if progress.shown() else None
+    with progress.Bar(read_samples(files), desc="report", unit="img", total=total) as bar:
+        for index, sample in enumerate(bar):
+            run_one(detector, sample, index < warmup_images, run)
+            if bar.disable and (index + 1) % _LOG_EVERY == 0:
+                log.info("evaluated %d images", index + 1)
     if not run.truths:
         raise PipelineError(f"the test split is empty: no records in {files}")
     return run
+
+
+def run_one(detector: Detector, sample: Sample, warmup: bool, run: TestRun) -> None:
+    """Add ``detector``'s timed results on one test ``sample`` to ``run`` (``warmup``: run it
+    once untimed first)."""
+    inputs = detector.example_input(sample.serialized, sample.encoded)
+    if warmup:
+        detector(inputs)  # untimed: the first calls trace and allocate
+    detections = _timed(detector, inputs, run.latencies)
+    run.truths.append(sample.truth)
+    run.images.append(sample.encoded)
+    run.detections.append(image_detections(sample.truth, detections))
 
 
 def tflite_metrics(model_dir: Path, truths: list[GroundTruthImage], images: list[bytes],
@@ -72,10 +78,11 @@ def tflite_metrics(model_dir: Path, truths: list[GroundTruthImage], images: list
     detectors = tflite.TfliteDetector.load_all(model_dir / layout.TFLITE_DIR)
     for precision, detector in detectors.items():
         detections, latencies = [], []
-        for truth, encoded in tqdm(list(zip(truths, images)), desc=f"tflite {precision}",
-                                   unit="img", disable=None):
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
-            detections.append(image_detections(truth, _timed(detector, image, latencies)))
+        with progress.Bar(list(zip(truths, images)), desc=f"tflite {precision}",
+                          unit="img") as bar:
+            for truth, encoded in bar:
+                image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+                detections.append(image_detections(truth, _timed(detector, image, latencies)))
         evaluator = coco_eval.run_cocoeval(groundtruth, coco_eval.detections_list(detections))
         summary = coco_eval.summary_metrics(evaluator)
         results[precision] = {"map": summary["map"], "map_50": summary["map_50"],

@@ -250,12 +250,12 @@ def _refuse_html(response, url: str, partial: Path) -> None:
 
 
 def _copy_with_progress(response, target: Path, total: int, append: bool) -> None:
-    from tqdm import tqdm
+    from pipeline.core import progress
 
     start = target.stat().st_size if append else 0
-    with target.open("ab" if append else "wb") as out, tqdm(
-            total=total or None, initial=start, unit="B", unit_scale=True, desc=target.name,
-            disable=None) as bar:
+    with target.open("ab" if append else "wb") as out, progress.Bar(
+            total=total or None, initial=start, unit="B", unit_scale=True,
+            desc=target.name) as bar:
         while chunk := response.read(CHUNK_BYTES):
             out.write(chunk)
             bar.update(len(chunk))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import compat
-from pipeline.core import layout
+from pipeline.core import layout, progress
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import write_json_atomic
 from pipeline.odapi.detector import DETECTION_KEYS, Detections, Detector, decode_example_image
@@ -88,7 +88,8 @@ test_examples.__test__ = False  # not a pytest test despite its name
 def saved_model_detections(export_dir: Path, examples: list[bytes]) -> list[Detections]:
     """The exported SavedModel's detections on each example (batch 1, its own input type)."""
     detector = Detector.load(export_dir)
-    return [detector(detector.example_input(example)) for example in examples]
+    with progress.Bar(examples, desc="verify: SavedModel", unit="img") as bar:
+        return [detector(detector.example_input(example)) for example in bar]
 
 
 def checkpoint_detections(config: Path, checkpoint_dir: Path,
@@ -105,14 +106,19 @@ def checkpoint_detections(config: Path, checkpoint_dir: Path,
     if latest is None:
         raise PipelineError(f"no checkpoint in {checkpoint_dir}")
     tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    results = []
-    for image in images:
-        batch = tf.cast(tf.constant(image[np.newaxis]), tf.float32)
-        preprocessed, shapes = model.preprocess(batch)
-        outputs = model.postprocess(model.predict(preprocessed, shapes), shapes)
-        results.append(Detections.from_outputs({k: outputs[k].numpy() for k in DETECTION_KEYS},
-                                               class_offset=1))
-    return results
+    with progress.Bar(images, desc="verify: checkpoint", unit="img") as bar:
+        return [model_detections(model, image) for image in bar]
+
+
+def model_detections(model: Any, image: np.ndarray) -> Detections:
+    """A detection model's detections on one decoded image (batch 1)."""
+    import tensorflow as tf
+
+    batch = tf.cast(tf.constant(image[np.newaxis]), tf.float32)
+    preprocessed, shapes = model.preprocess(batch)
+    outputs = model.postprocess(model.predict(preprocessed, shapes), shapes)
+    return Detections.from_outputs({k: outputs[k].numpy() for k in DETECTION_KEYS},
+                                   class_offset=1)
 
 
 def verify_export(export_dir: Path, config: Path, checkpoint_dir: Path,

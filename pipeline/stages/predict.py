@@ -219,7 +219,8 @@ def predict_image(predictor: Predictor, path: Path, target: Path) -> dict:
 def predict_video(predictor: Predictor, path: Path, target: Path) -> dict:
     """Detect on every frame of a video; write it annotated (mp4) to ``target``."""
     import cv2
-    from tqdm import tqdm
+
+    from pipeline.core import progress
 
     capture = cv2.VideoCapture(str(path))
     try:
@@ -232,8 +233,8 @@ def predict_video(predictor: Predictor, path: Path, target: Path) -> dict:
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     frames, writer = [], None
     try:
-        for index, rgb in enumerate(tqdm(_frames(capture), total=total, desc=path.name,
-                                         unit="frame", disable=None)):
+        for index, rgb in enumerate(progress.Bar(_frames(capture), total=total, desc=path.name,
+                                                 unit="frame")):
             if writer is None:
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                          (rgb.shape[1], rgb.shape[0]))

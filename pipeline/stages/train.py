@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-curves", type=Path, default=layout.EVAL_CURVES)
     parser.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
-                        help="seconds between progress lines (0 = every step)")
+                        help="seconds between progress lines when stderr is not a terminal "
+                             "(on a terminal: a progress bar); 0 = a line, or a bar update, "
+                             "every step instead of every 10")
 
 
 def run(args: argparse.Namespace, params: Params) -> None:

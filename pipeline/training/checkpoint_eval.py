@@ -3,11 +3,16 @@
 This is what ``model_main_tf2 --checkpoint_dir`` does for each new checkpoint, minus the waiting:
 the train stage calls it between training segments, so evaluation never competes with training
 for the CPU/GPU. Metrics are also written as TF event scalars to ``summary_dir`` (TensorBoard's
-``eval`` curves).
+``eval`` curves). A progress bar counts the batches evaluated (on a terminal only: its total
+costs one reading of the val records).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
+
+from pipeline.core import progress
 
 #: ``train.best_metric`` -> (OD API metric name, True when higher is better)
 METRICS = {
@@ -39,10 +44,23 @@ def evaluate_checkpoint(config: Path, checkpoint: str, summary_dir: Path) -> dic
     step = tf.Variable(0, trainable=False, dtype=tf.int64)
     tf.train.Checkpoint(step=step, model=model).restore(checkpoint).expect_partial()
     writer = tf.summary.create_file_writer(str(summary_dir))
-    with writer.as_default():
-        metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=step)
+    batch_size = configs["eval_config"].batch_size
+    total = eval_batches(configs) if progress.shown() else None
+    with writer.as_default(), progress.Bar(
+            dataset, desc=f"evaluate {Path(checkpoint).name}", total=total, leave=False,
+            unit="img" if batch_size == 1 else "batch") as batches:
+        metrics = model_lib_v2.eager_eval_loop(model, configs, batches, global_step=step)
     writer.flush()
     return {name: float(value) for name, value in metrics.items()}
+
+
+def eval_batches(configs: dict[str, Any]) -> int:
+    """Batches in one epoch of the eval input of ``configs`` (its records counted)."""
+    import tensorflow as tf
+
+    reader = configs["eval_input_configs"][0].tf_record_input_reader
+    files = [name for pattern in reader.input_path for name in tf.io.gfile.glob(pattern)]
+    return math.ceil(progress.count_records(files) / max(1, configs["eval_config"].batch_size))
 
 
 def summary(metrics: dict[str, float]) -> dict[str, float]:

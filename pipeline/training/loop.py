@@ -147,6 +147,7 @@ class SegmentedTraining:
                 self.train_to(end, monitor)
                 self.evaluate(end)
         finally:
+            monitor.close()
             training_hooks.observe_checkpoints(None)
             restore_report.observe_restores(None)
 

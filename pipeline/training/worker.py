@@ -4,8 +4,8 @@ Started by :mod:`pipeline.training.cluster` for a multi-worker segment on one ma
 ``python -m pipeline.training.worker '<spec as JSON>'``. The spec: ``argv`` (the
 ``model_main_tf2`` flags), ``index`` (0 is the chief), ``seed``, ``num_steps``, ``batch_size``
 and ``progress_every`` (the progress monitor), ``report`` (the file where a NaN or Inf loss is
-reported). The chief logs progress; the other workers log only warnings and errors, so the
-stage's log reads as with one worker.
+reported). The chief shows progress (a bar on a terminal, else progress lines); the other
+workers log only warnings and errors, so the stage's log reads as with one worker.
 
 Started by hand on each machine of a multi-machine cluster: ``python -m
 pipeline.training.worker --pipeline_config_path=... --model_dir=... --num_train_steps=...
@@ -80,7 +80,9 @@ def main(args: list[str]) -> int:
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(spec["seed"])
-    monitor = TrainMonitor(spec["num_steps"], spec["batch_size"], spec["progress_every"])
+    # Only the chief draws a progress bar (on the stage's terminal, which the workers share).
+    monitor = TrainMonitor(spec["num_steps"], spec["batch_size"], spec["progress_every"],
+                           show_bar=spec["index"] == 0)
     training_hooks.observe_train_steps(monitor, every_n=1 if not spec["progress_every"] else 10)
     try:
         train_with_model_main(spec["argv"])
@@ -89,6 +91,8 @@ def main(args: list[str]) -> int:
             raise
         files.write_json_atomic(spec["report"], {"non_finite": list(monitor.non_finite)})
         return NON_FINITE_EXIT
+    finally:
+        monitor.close()
     return 0
 
 

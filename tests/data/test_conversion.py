@@ -13,7 +13,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.files import MARKER
 from pipeline.core.params import ConvertParams, DataParams, SampleParams
 from pipeline.core.records import ImageRecord, ObjectAnnotation, hash_split
-from pipeline.data.conversion import convert_dataset, pipeline_options
+from pipeline.core import progress
+from pipeline.data.conversion import convert_dataset, pipeline_options, runs_in_this_process
 from pipeline.data.labelmap import read_label_map
 from pipeline.data.readers.coco import read_coco
 from pipeline.data.readers.voc import read_voc
@@ -199,6 +200,31 @@ def test_convert_sample_end_to_end(sample: Path, tmp_path: Path) -> None:
     assert report["splits"]["train"]["images"] == sum(r.split == "train" for r in records)
     assert report["counters"] == {"images_written": 20, "shards_written": 3}
     assert "| train |" in (out / "data_report.md").read_text()
+
+
+def test_on_a_terminal_bars_count_the_annotations_read_and_the_images_converted(
+        sample: Path, tmp_path: Path, monkeypatch) -> None:
+    closed = []
+
+    class RecordedBar(progress.Bar):
+        def close(self) -> None:
+            closed.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(progress, "shown", lambda stream=None: True)
+    monkeypatch.setattr(progress, "Bar", RecordedBar)
+    convert_dataset(DataParams(root=str(sample)), ConvertParams(), tmp_path / "out")
+    assert ("read annotations", 20, None) in closed  # streamed: no total known beforehand
+    assert ("convert", 20, 20) in closed  # the Beam workers' images, of all images
+
+
+def test_the_convert_bar_follows_only_workers_that_run_in_the_driver() -> None:
+    assert runs_in_this_process(pipeline_options(ConvertParams(), 400))
+    threads = ConvertParams(pipeline_args=("--direct_running_mode=multi_threading",))
+    assert runs_in_this_process(pipeline_options(threads, 400))
+    processes = ConvertParams(direct_num_workers=2)
+    assert not runs_in_this_process(pipeline_options(processes, 10**6))
+    assert not runs_in_this_process(pipeline_options(ConvertParams(runner="dask"), 400))
 
 
 def test_convert_with_fixed_classes_and_shards(sample: Path, tmp_path: Path) -> None:
