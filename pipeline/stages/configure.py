@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.params import Params
 from pipeline.odapi import pipeline_config
+from pipeline.tracking import execution
 from pipeline.tracking import journal as tracking
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
     log.info("wrote %s (%s, %d classes, peak learning rate %g)", args.output, params.model.name,
              pipeline_config.num_classes(config),
              pipeline_config.peak_learning_rate(params.model, params.train))
-    journal = tracking.stage_journal(params.mlflow, "configure")
+    journal = execution.stage_journal(params, "configure")
     journal.params({**tracking.flatten_params(params, ("model", "train")),
                     **pipeline_config.resolved_values(config, params.model, params.train)})
     journal.artifact(args.output)

@@ -18,6 +18,7 @@ from pipeline.core.params import DataParams, Params
 from pipeline.data import storage
 from pipeline.data.conversion import convert_dataset
 from pipeline.data.readers.registry import READERS
+from pipeline.tracking import execution
 from pipeline.tracking import journal as tracking
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ def run(args: argparse.Namespace, params: Params) -> None:
 
 
 def log_to_mlflow(params: Params, data: DataParams, report: dict, output_dir: str) -> None:
-    """A run of its own for the conversion: its params, counts per split, and the report (the
-    files themselves when the output is local; a remote output's location as a param)."""
-    journal = tracking.stage_journal(params.mlflow, "convert")
+    """A run for the conversion (nested under the run of the pipeline execution): its params,
+    counts per split, and the report (the files themselves when the output is local; a remote
+    output's location as a param)."""
+    journal = execution.stage_journal(params, "convert")
     journal.params({**tracking.flatten_params(params, ("convert",)),
                     "data.format": data.format, "data.root": data.root})
     journal.values({split: {"images": info["images"], "objects": info["objects"],

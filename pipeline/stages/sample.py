@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.core import layout
 from pipeline.data import sample
+from pipeline.tracking import execution
 from pipeline.tracking import journal as tracking
 from pipeline.core.params import Params
 
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
     splits = sample.generate(params.sample, args.output)
     counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
     log.info("wrote %d images to %s (%s)", params.sample.num_images, args.output, counts)
-    journal = tracking.stage_journal(params.mlflow, "sample")
+    journal = execution.stage_journal(params, "sample")
     journal.params(tracking.flatten_params(params, ("sample",)))
     journal.values({f"images.{split}": len(names) for split, names in splits.items()})
     tracking.finish(journal)

@@ -5,8 +5,9 @@ them as it goes; records it could not send (the tracking server was down) stay i
 ``<model_dir>/mlflow_journal.jsonl`` for train, a folder per execution under
 ``mlflow_journal/`` for the other stages. This command sends them to the tracking server named
 by ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri``: the training journal first (its run is
-the parent of the export and report runs), then the stage journals, oldest first, registering
-the reported models. Records already sent are not sent again.
+the parent of the export and report runs and of the other stages of its ``dvc repro``),
+then the stage journals, oldest first, registering the reported models. Records already sent
+are not sent again.
 """
 from __future__ import annotations
 

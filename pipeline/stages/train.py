@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline.core import compat, layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
+from pipeline.tracking import execution
 from pipeline.tracking import journal as tracking
 from pipeline.tracking import provenance
 from pipeline.tracking.metrics import tracked_points
@@ -73,6 +74,7 @@ class JournalCallbacks:
 
     def on_train_start(self) -> None:
         if not self.journal.records():  # a resumed run recorded its inputs already
+            execution.join_execution(self.journal, self.params)  # the run of this dvc repro
             record_run_inputs(self.journal, self.args, self.params)
         self.journal.send()
 

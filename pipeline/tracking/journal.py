@@ -7,9 +7,12 @@ training continues it. ``<model_dir>/best/`` and the export directory hold a lin
 the training run (tag ``mlflow.parentRunId``, tag ``pipeline.stage``) with its params, metrics
 and artifacts, so re-running them with other params adds a child run instead of changing the
 training run's params (which MLflow refuses); the training run's tag
-``pipeline.latest.<stage>`` names its newest child of each stage. ``sample``, ``convert`` and
-``configure`` record top-level runs of their own. The registry version of a reported model is
-created from the report run.
+``pipeline.latest.<stage>`` names its newest child of each stage. One pipeline execution (one
+``dvc repro``, see :mod:`pipeline.tracking.execution`) is one top-level run: its ``sample``,
+``convert`` and ``configure`` runs are nested under the run of the execution (tag
+``pipeline.execution``), and the training of that execution records into that very run (it is
+the training run); run by hand, they record top-level runs of their own. The registry version
+of a reported model is created from the report run.
 
 The tracking store is ``mlflow.tracking_uri`` from params (a SQLite file in the repository by
 default); the ``MLFLOW_TRACKING_URI`` environment variable overrides it.
@@ -49,6 +52,11 @@ JOURNALS_DIR = layout.JOURNALS_DIR
 #: tag of a parent run naming its newest child of a stage: ``pipeline.latest.report``
 LATEST_TAG = "pipeline.latest.{stage}"
 PARENT_TAG = "mlflow.parentRunId"
+STAGE_TAG = "pipeline.stage"
+#: tag of the run of a pipeline execution: its key (:mod:`pipeline.tracking.execution`)
+EXECUTION_TAG = "pipeline.execution"
+#: ``pipeline.stage`` of the run of an execution until its training records into it
+EXECUTION_STAGE = "pipeline"
 #: MLflow's limits per log_batch call
 _BATCH_METRICS, _BATCH_PARAMS = 1000, 100
 
@@ -145,6 +153,8 @@ class RunJournal:
     Each line is one record: ``{"kind": "metric", "key", "value", "step", "timestamp"}``,
     ``{"kind": "param"|"tag", "key", "value"}``, ``{"kind": "artifact", "path", "artifact_path"}``,
     ``{"kind": "parent", "run_id"|"directory"}`` (the run is nested under that run),
+    ``{"kind": "parent", "execution", "name"}`` (nested under the run of that pipeline
+    execution), ``{"kind": "execution", "key", "name"}`` (the run IS the run of that execution),
     ``{"kind": "input", "name", "digest", "source", "context"}`` (a dataset the run used),
     ``{"kind": "register", ...}`` (see :mod:`pipeline.tracking.registry`) or ``{"kind": "status",
     "value"}``. ``mlflow_journal.sent`` counts the records already sent, so :meth:`send` is
@@ -211,6 +221,17 @@ class RunJournal:
             self._append([{"kind": "parent", "run_id": run_id}])
         elif _run_info(directory) or (Path(directory) / JOURNAL_FILE).is_file():
             self._append([{"kind": "parent", "directory": str(Path(directory).resolve())}])
+
+    def nest_in_execution(self, key: str, name: str) -> None:
+        """Nest this run under the run of the pipeline execution ``key`` (found by its tag
+        when sent, or created then, named ``name``)."""
+        self._append([{"kind": "parent", "execution": key, "name": name}])
+
+    def join_execution(self, key: str, name: str) -> None:
+        """Record into the run of the pipeline execution ``key`` instead of a new run (the
+        training of an execution); a run of its own, named ``name``, when another journal
+        joined that run first."""
+        self._append([{"kind": "execution", "key": key, "name": name}])
 
     def register(self, record: dict) -> None:
         """Record a model registration, done when sent (:func:`pipeline.tracking.registry.replay`)."""
@@ -293,10 +314,12 @@ class RunJournal:
                 registry.replay(self.settings, run_id, record)
         for record in by_kind["status"]:
             client.set_terminated(run_id, record["value"])
+            _close_execution_run(client, run_id, record["value"])
         return run_id
 
     def _run_id(self, client, records: list[dict]) -> str:
-        """The run recorded in the directory, or a new one (its id written to the run file)."""
+        """The run recorded in the directory, or the run of the execution it joins, or a new
+        one (its id written to the run file)."""
         run_id = read_run_file(self.directory)
         if run_id and _client_has_run(client, run_id):
             return run_id
@@ -304,25 +327,82 @@ class RunJournal:
             log.warning("MLflow run %s is not in %s; starting a new run",
                         run_id, shown_uri(self.settings))
         experiment_id = get_experiment_id(client, self.settings.experiment)
-        parent = self._parent_run_id(client, records)
-        tags = {"pipeline.stage": self.stage, f"pipeline.stage.{self.stage}": "done",
-                **({PARENT_TAG: parent} if parent else {})}
-        run = client.create_run(experiment_id, run_name=self.stage, tags=tags)
-        write_run_file(self.directory, run.info.run_id)
+        run_id = (self._joined_run_id(client, experiment_id, records)
+                  or self._new_run_id(client, experiment_id, records))
+        write_run_file(self.directory, run_id)
+        return run_id
+
+    def _new_run_id(self, client, experiment_id: str, records: list[dict]) -> str:
+        parent = self._parent_run_id(client, experiment_id, records)
+        run = client.create_run(experiment_id, run_name=self.stage, tags={
+            **self._stage_tags(), **({PARENT_TAG: parent} if parent else {})})
         if parent:
             client.set_tag(parent, LATEST_TAG.format(stage=self.stage), run.info.run_id)
         return run.info.run_id
 
-    def _parent_run_id(self, client, records: list[dict]) -> str | None:
+    def _stage_tags(self) -> dict[str, str]:
+        return {STAGE_TAG: self.stage, f"{STAGE_TAG}.{self.stage}": "done"}
+
+    def _joined_run_id(self, client, experiment_id: str, records: list[dict]) -> str | None:
+        """The run of the execution this journal joins, now tagged as this stage's run; None
+        when it joins none, or another journal (a second training) joined it first."""
+        record = next((r for r in records if r["kind"] == "execution"), None)
+        if record is None:
+            return None
+        run = _find_execution_run(client, experiment_id, record["key"])
+        if run is None:
+            return client.create_run(experiment_id, run_name=record["name"], tags={
+                **self._stage_tags(), EXECUTION_TAG: record["key"]}).info.run_id
+        if run.data.tags.get(STAGE_TAG) != EXECUTION_STAGE:
+            return None
+        for key, value in self._stage_tags().items():
+            client.set_tag(run.info.run_id, key, value)
+        client.update_run(run.info.run_id, status="RUNNING")  # until this stage ends it
+        return run.info.run_id
+
+    def _parent_run_id(self, client, experiment_id: str, records: list[dict]) -> str | None:
         record = next((r for r in records if r["kind"] == "parent"), None)
         if record is None:
             return None
+        if "execution" in record:
+            return _execution_run_id(client, experiment_id, record["execution"], record["name"])
         run_id = record.get("run_id") or _resolve_run(self.settings, Path(record["directory"]))
         if run_id and _client_has_run(client, run_id):
             return run_id
         log.warning("parent run of %s (%s) not found in %s; recording a top-level run",
                     self.stage, run_id or record.get("directory"), shown_uri(self.settings))
         return None
+
+
+# --- the run of a pipeline execution ------------------------------------------------------------
+
+
+def _find_execution_run(client, experiment_id: str, key: str) -> Any:
+    """The run tagged with the execution ``key``, if the store has one."""
+    runs = client.search_runs([experiment_id], f"tags.`{EXECUTION_TAG}` = '{key}'",
+                              max_results=1)
+    return runs[0] if runs else None
+
+
+def _execution_run_id(client, experiment_id: str, key: str, name: str) -> str:
+    """The run of the execution ``key``, created (named ``name``) by its first stage: ended
+    at once, so that it never shows as running forever; each stage nested under it moves its
+    end (:func:`_close_execution_run`) until a training records into it."""
+    run = _find_execution_run(client, experiment_id, key)
+    if run is not None:
+        return run.info.run_id
+    run = client.create_run(experiment_id, run_name=name,
+                            tags={STAGE_TAG: EXECUTION_STAGE, EXECUTION_TAG: key})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def _close_execution_run(client, run_id: str, status: str) -> None:
+    """End the execution run ``run_id`` is nested under with ``status`` (now), unless a
+    training records into it (the training ends it)."""
+    parent = client.get_run(run_id).data.tags.get(PARENT_TAG)
+    if parent and client.get_run(parent).data.tags.get(STAGE_TAG) == EXECUTION_STAGE:
+        client.set_terminated(parent, status)
 
 
 # --- the journals of stages other than train ----------------------------------------------------

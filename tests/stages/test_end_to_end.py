@@ -167,6 +167,24 @@ def test_one_training_run_holds_params_and_curves_its_report_run_the_test_metric
     assert "export.max_score_difference" in export_run.data.metrics
 
 
+def test_one_dvc_repro_is_one_top_level_run_with_every_stage_that_ran_nested(project):
+    """Before, sample, convert and configure recorded top-level runs of their own: one
+    `dvc repro` left 4 top-level runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("object-detection").experiment_id
+    runs = client.search_runs([experiment])
+    [top] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert top.info.run_name == "ssd_mobilenet_v2_fpnlite_cpu on sample"
+    assert top.data.tags["pipeline.stage"] == "train" and top.info.status == "FINISHED"
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id]
+    assert len(nested) == len(runs) - 1
+    # every stage that ran but pretrained (it records no run) and train (the run itself)
+    assert sorted(r.data.tags["pipeline.stage"] for r in nested) == [
+        "configure", "convert", "export", "report", "sample"]
+
+
 def test_second_repro_does_no_work(project):
     before = {p: p.stat().st_mtime_ns for p in (project / "models").rglob("*")}
     result = run(["dvc", "repro"], project)
