@@ -62,6 +62,12 @@ BEST_FILE = "best.json"
 #: the OD API's folders of a non-chief training worker (in the folder and in its ``train/``)
 WORKER_TEMP_GLOB = "temp_worker_*"
 FINE_TUNE_RESTORE_FILE = "fine_tune_restore.json"  # what the fine-tuning restore restored
+#: the OD API's training summaries (TF event files) inside the training folder
+TRAIN_EVENTS_DIR = "train"
+BUDGET_PLAN_FILE = "budget_plan.json"  # the steps planned for train.time_budget_minutes
+#: the pipeline.config trained under a time budget: configure's (a DVC output, never changed)
+#: with the planned schedule
+BUDGET_CONFIG_FILE = "budget_pipeline.config"
 
 # --- inside the pretrained folder (pretrained) ----------------------------------------------------
 PRETRAINED_CHECKPOINT = "checkpoint/ckpt-0"  # the weights' prefix (.index, .data-*), as the zoo's

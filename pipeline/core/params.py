@@ -207,6 +207,8 @@ class TrainParams:
     best_metric: Literal["map", "map_50", "map_75", "mar_100", "val_loss"] = "map"
     num_workers: StrictInt = Field(1, ge=1, le=10_000)
     tpu_name: StrictStr = ""
+    time_budget_minutes: FiniteFloat = Field(0.0, ge=0.0, le=100_000.0)
+    early_stopping: StrictInt = Field(0, ge=0, le=10_000)
 
     @field_validator("augmentations")
     @classmethod
@@ -229,6 +231,11 @@ class TrainParams:
                 f"train.warmup_steps must be smaller than train.num_steps ({self.num_steps}), "
                 f"got {self.warmup_steps}"
             )
+        if self.early_stopping and not self.eval_every_n:
+            raise ParamsError(
+                f"train.early_stopping is {self.early_stopping} but train.eval_every_n is 0 "
+                "(only the final checkpoint is evaluated): set eval_every_n > 0, or "
+                "early_stopping: 0")
         return self
 
 

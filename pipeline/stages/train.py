@@ -14,6 +14,7 @@ This module parses the arguments, builds the loop's typed inputs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -25,6 +26,7 @@ from pipeline.tracking import execution
 from pipeline.tracking import journal as tracking
 from pipeline.tracking import provenance
 from pipeline.tracking.metrics import tracked_points
+from pipeline.training import budget
 from pipeline.training.curves import read_scalars
 from pipeline.training.inputs import TrainingRun
 from pipeline.training.loop import SegmentedTraining
@@ -63,7 +65,7 @@ def training_run(args: argparse.Namespace, params: Params) -> TrainingRun:
     return TrainingRun.from_config(
         args.config, params.train, model_dir=args.model_dir, data_dir=args.data,
         curves=args.curves, eval_curves=args.eval_curves, metrics=args.metrics,
-        progress_every=args.progress_every)
+        progress_every=args.progress_every, started_at=budget.process_start_time())
 
 
 class JournalCallbacks:
@@ -90,6 +92,18 @@ class JournalCallbacks:
         for empty buckets (the journal skips the points it has)."""
         self.journal.metrics([point for kind in ("train", "eval") for point in
                               tracked_points(kind, read_scalars(self.args.model_dir / kind))])
+        self.journal.send()
+
+    def on_budget_planned(self, plan: budget.Plan) -> None:
+        """The plan as ``budget.*`` params, the config it trains from as an artifact."""
+        self.journal.params({f"budget.{key}": value for key, value in
+                             dataclasses.asdict(plan).items()})
+        self.journal.artifact(self.args.model_dir / layout.BUDGET_CONFIG_FILE, "budget")
+        self.journal.send()
+
+    def on_stopped_early(self, step: int, reason: str) -> None:
+        self.journal.tags({"stopped_early": "true", "stopped_early.step": str(step),
+                           "stopped_early.reason": reason})
         self.journal.send()
 
     def on_best_checkpoint(self, step: int, folder: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.core import files
@@ -19,13 +20,21 @@ def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
     import tensorflow as tf
 
     curves: dict[str, dict[int, float]] = defaultdict(dict)
-    for path in sorted(event_dir.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else (
-                    value.simple_value)
-                curves[value.tag][int(event.step)] = number
+    for event in read_events(event_dir):
+        for value in event.summary.value:
+            number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else (
+                value.simple_value)
+            curves[value.tag][int(event.step)] = number
     return {tag: sorted(points.items()) for tag, points in curves.items()}
+
+
+def read_events(event_dir: Path) -> Iterator:
+    """Every event (``tf.compat.v1.Event``: step, wall_time, summary) of the TF event files
+    under ``event_dir``, file by file, oldest file first."""
+    import tensorflow as tf
+
+    for path in sorted(event_dir.glob("events.out.tfevents.*")):
+        yield from tf.compat.v1.train.summary_iterator(str(path))
 
 
 def write_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:

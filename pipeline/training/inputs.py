@@ -5,7 +5,8 @@ The schedule (number of steps, batch size, peak learning rate) is read from the 
 being trained, because that is what the OD API trains: params reach training only through the
 configure stage, which writes them into that config. The train params that are not in the
 config (checkpoint and evaluation intervals, best metric, seed, strategy, how many steps the
-backbone stays frozen) are copied in.
+backbone stays frozen, time budget, early stopping) are copied in. Under a time budget the loop
+replaces the config and schedule by the planned ones (:mod:`pipeline.training.budget`).
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class TrainingRun:
     tpu_name: str = ""
     freeze_backbone_steps: int = 0  # -1 = throughout, 0 = never, K = the first K steps
     progress_every: float = 10.0  # seconds between progress lines (0: every step)
+    time_budget_minutes: float = 0.0  # 0: train to num_steps; else plan the steps that fit
+    early_stopping: int = 0  # evaluations without improvement before stopping (0: never)
+    started_at: float | None = None  # when the budget's clock started (None: when training does)
 
     @property
     def num_steps(self) -> int:
@@ -61,7 +65,9 @@ class TrainingRun:
                    checkpoint_every_n=train.checkpoint_every_n, eval_every_n=train.eval_every_n,
                    best_metric=train.best_metric, seed=train.seed,
                    num_workers=train.num_workers, tpu_name=train.tpu_name,
-                   freeze_backbone_steps=train.freeze_backbone_steps, **paths_and_options)
+                   freeze_backbone_steps=train.freeze_backbone_steps,
+                   time_budget_minutes=train.time_budget_minutes,
+                   early_stopping=train.early_stopping, **paths_and_options)
 
 
 def read_schedule(config: Path) -> Schedule:

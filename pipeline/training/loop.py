@@ -5,19 +5,27 @@ The loop knows no tracker (as Ultralytics' trainer): whoever runs it attaches ca
 events (:data:`EVENTS`), e.g. the train stage's MLflow journal. The step of the latest
 checkpoint is read from disk once, when the model directory is prepared, and then tracked from
 the checkpoints training saves (training hook A reports each one).
+
+Under a time budget (``train.time_budget_minutes``) the first segment measures the step time
+and the rest trains from a copy of the config whose schedule ends when the budget does
+(:mod:`pipeline.training.budget`); with ``train.early_stopping`` training stops after that many
+evaluations without a better checkpoint (:mod:`pipeline.training.early_stopping`). Either way
+the best checkpoint is the one exported and the curves and metrics files are written.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core import compat, files, layout
 from pipeline.core.errors import PipelineError
 from pipeline.odapi import freezing, restore_report, training_hooks
-from pipeline.training import checkpoint_eval, cluster
+from pipeline.training import budget, checkpoint_eval, cluster, early_stopping
 from pipeline.training.curves import read_scalars, write_curves, write_eval_curves, write_metrics
-from pipeline.training.inputs import TrainingRun, train_record_files
+from pipeline.training.inputs import TrainingRun, read_schedule, train_record_files
 from pipeline.training.model_dir import (copy_best, fingerprint, latest_checkpoint, load_history,
                                          prepare_model_dir, read_best, save_history)
 from pipeline.training.monitor import TrainMonitor
@@ -30,8 +38,12 @@ EVENTS = {
     "on_fine_tune_restore": "(report): the checkpoint to fine-tune from was restored (counts, "
                             "checked by value; written to fine_tune_restore.json)",
     "on_checkpoint": "(step, path): training saved a checkpoint",
+    "on_budget_planned": "(plan): the steps that fit train.time_budget_minutes, planned after "
+                         "the first segment (a budget.Plan; not sent again on resume)",
     "on_evaluation": "(step, metrics or None): a training segment ended and was evaluated",
     "on_best_checkpoint": "(step, folder): a new best checkpoint, staged, before it is published",
+    "on_stopped_early": "(step, reason): training stops before its last step (early stopping, "
+                        "or a time budget spent sooner than planned)",
     "on_train_end": "(): training finished and the curves and metrics files are written",
     "on_train_failed": "(error): training stopped with a PipelineError (a NaN loss, ...)",
 }
@@ -89,6 +101,9 @@ class SegmentedTraining:
         self.step = 0  # of the latest checkpoint
         self.history: dict[str, dict[str, float]] = {}
         self.can_evaluate = False
+        self.configured = run.config  # configure's; a time budget trains from a copy
+        self.started_at = run.started_at  # the time budget's clock
+        self.deadline: float | None = None  # the budget's end, when planned by this process
 
     def add_callback(self, event: str, callback: Callable) -> None:
         """Call ``callback`` at ``event`` (one of :data:`EVENTS`)."""
@@ -111,6 +126,8 @@ class SegmentedTraining:
         if self.run.num_workers > 1:
             cluster.check_workers(self.run, train_record_files(self.run.config))
         enable_gpu_memory_growth()
+        if self.started_at is None:
+            self.started_at = time.time()
         # A folder that is not a training folder fails here, before any callback writes to it.
         self.step = prepare_model_dir(self.run.model_dir, fingerprint(self.run.config, self.run))
         self.history = load_history(self.run.model_dir)
@@ -131,25 +148,110 @@ class SegmentedTraining:
         self.can_evaluate = has_records(run.data_dir, "val")
         if not self.can_evaluate:
             log.warning("the val split is empty: no evaluation; the last checkpoint is exported")
-        evaluated_at = segment_ends(0, run.num_steps, run.eval_every_n)
-        if self.step in evaluated_at and str(self.step) not in self.history:
-            self.evaluate(self.step)  # interrupted between its checkpoint and its evaluation
-        monitor = TrainMonitor(run.num_steps, run.batch_size, run.progress_every)
+        if run.early_stopping and not self.can_evaluate:
+            log.warning("train.early_stopping is off: there is no val split to evaluate on")
         if run.tpu_name:  # the per-step callback is a tf.py_function, which TPUs cannot run
             log.warning("on a TPU there is no per-step progress and no NaN/Inf guard")
-        else:  # Python every 10 steps (any NaN/Inf at once); every step if asked for
-            training_hooks.observe_train_steps(monitor, every_n=1 if not run.progress_every else 10)
         training_hooks.observe_checkpoints(self.checkpoint_saved)
         freezing.freeze_backbone(run.freeze_backbone_steps)
         restore_report.observe_restores(self.fine_tune_restored)
+        monitor = None  # made once the schedule is known (a time budget plans it first)
         try:
+            if run.time_budget_minutes:
+                self.follow_time_budget()
+            run = self.run  # the planned schedule under a time budget
+            evaluated_at = segment_ends(0, run.num_steps, run.eval_every_n)
+            if self.step in evaluated_at and str(self.step) not in self.history:
+                self.evaluate(self.step)  # interrupted between its checkpoint and its evaluation
+            monitor = self.observe_steps()
             for end in segment_ends(self.step, run.num_steps, run.eval_every_n):
+                if self.stopping():
+                    break
                 self.train_to(end, monitor)
                 self.evaluate(end)
         finally:
-            monitor.close()
+            if monitor is not None:
+                monitor.close()
             training_hooks.observe_checkpoints(None)
             restore_report.observe_restores(None)
+
+    def observe_steps(self) -> TrainMonitor:
+        """A monitor of the steps to ``run.num_steps``, called after training steps."""
+        run = self.run
+        monitor = TrainMonitor(run.num_steps, run.batch_size, run.progress_every)
+        if not run.tpu_name:  # Python every 10 steps (any NaN/Inf at once); every step if asked
+            training_hooks.observe_train_steps(monitor, every_n=1 if not run.progress_every else 10)
+        return monitor
+
+    def stopping(self) -> bool:
+        """Whether training stops before its next segment: no improvement for
+        ``run.early_stopping`` evaluations, or the time budget already spent."""
+        reason = early_stopping.stop_reason(self.history, self.run.best_metric,
+                                            self.run.early_stopping)
+        if reason is None and self.deadline is not None and time.time() > self.deadline:
+            reason = (f"the time budget of {self.run.time_budget_minutes:g} min is spent "
+                      f"(training ran slower than measured)")
+        if reason is None:
+            return False
+        log.info("stopping early at step %d of %d: %s", self.step, self.run.num_steps, reason)
+        self.fire("on_stopped_early", self.step, reason)
+        return True
+
+    def follow_time_budget(self) -> None:
+        """Train from a copy of the config whose schedule ends when the time budget does: the
+        plan stored in the training folder (a resumed run), or one made now."""
+        plan = budget.read_plan(self.run.model_dir)
+        if plan is None:
+            self.plan_time_budget()
+            return
+        log.info("%s (planned before this run resumed; kept)", plan.describe())
+        self.run = self.budget_run()
+
+    def budget_run(self, num_steps: int | None = None) -> TrainingRun:
+        """The run training from the time budget's copy of configure's config; with
+        ``num_steps``, that copy is written first, its schedule ending there."""
+        copy = self.run.model_dir / layout.BUDGET_CONFIG_FILE
+        if num_steps is not None:
+            budget.write_schedule(self.configured, copy, num_steps)
+        return dataclasses.replace(self.run, config=copy, schedule=read_schedule(copy))
+
+    def plan_time_budget(self) -> None:
+        """Time a first short segment and plan the steps that fit in the rest of the budget
+        (the copy of the config re-written with them, the plan stored in the training folder)."""
+        run = self.run
+        timing = self.measure_first_segment()
+        evaluation = budget.evaluation_seconds(
+            timing, budget.count_records(layout.record_files(run.data_dir, "val")),
+            run.batch_size) if self.can_evaluate else 0.0
+        self.deadline = self.started_at + 60 * run.time_budget_minutes
+        steps = budget.planned_steps(self.deadline - time.time(), self.step, timing, evaluation,
+                                     run.eval_every_n)
+        plan = budget.Plan(run.time_budget_minutes, steps, timing.seconds_per_step,
+                           timing.restart_seconds, evaluation,
+                           budget.evaluations_between(self.step, steps, run.eval_every_n))
+        self.run = self.budget_run(steps)
+        budget.write_plan(run.model_dir, plan)  # last: a stored plan is a finished one
+        log.info("%s", plan.describe())
+        if steps == self.step:
+            log.warning("the time budget of %g min leaves no time to train after the first "
+                        "%d steps, which measured the step time: training ends at step %d",
+                        run.time_budget_minutes, budget.MEASURE_STEPS, steps)
+        self.fire("on_budget_planned", plan)
+
+    def measure_first_segment(self) -> budget.Timing:
+        """Train :data:`budget.MEASURE_STEPS` steps on a provisional schedule, timed."""
+        start = self.step
+        end = start + budget.MEASURE_STEPS
+        self.run = self.budget_run(max(self.run.num_steps, budget.MEASURE_SCHEDULE_FACTOR * end))
+        started = time.time()
+        monitor = self.observe_steps()
+        try:
+            self.train_to(end, monitor)
+        finally:
+            monitor.close()  # its progress bar; training goes on with a bar of its own
+        return budget.measured_timing(
+            budget.step_wall_times(self.run.model_dir / layout.TRAIN_EVENTS_DIR), start,
+            self.step, started, time.time())
 
     def fine_tune_restored(self, report: dict) -> None:
         files.write_json_atomic(self.run.model_dir / layout.FINE_TUNE_RESTORE_FILE, report)
@@ -223,9 +325,10 @@ class SegmentedTraining:
 
     def write_outputs(self) -> None:
         run = self.run
-        write_curves(read_scalars(run.model_dir / "train"), run.curves)
+        write_curves(read_scalars(run.model_dir / layout.TRAIN_EVENTS_DIR), run.curves)
         write_eval_curves(self.history, run.eval_curves)
-        write_metrics(self.history, read_best(run.model_dir), run.best_metric, run.num_steps,
+        # The final step is the last one trained (before num_steps when stopped early).
+        write_metrics(self.history, read_best(run.model_dir), run.best_metric, self.step,
                       run.metrics)
 
 

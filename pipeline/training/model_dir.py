@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 def fingerprint(config: Path, train: TrainingRun | None = None) -> dict[str, str]:
     """Hashes of what the checkpoints depend on: model graph, classes, train config, train data,
-    and the train params that shape the run (seed, evaluation steps, best metric, freezing)."""
+    and the train params that shape the run (seed, evaluation steps, best metric, freezing,
+    time budget). The fingerprint is of configure's config, not of the schedule a time budget
+    plans: the plan is stored beside it and kept on resume."""
     from object_detection.utils import config_util
 
     configs = config_util.get_configs_from_pipeline_file(str(config))
@@ -36,6 +38,8 @@ def fingerprint(config: Path, train: TrainingRun | None = None) -> dict[str, str
                                  f"best_metric={train.best_metric}")
         if train.freeze_backbone_steps:  # only when set: other runs keep their fingerprint
             parts["train_params"] += f" freeze_backbone_steps={train.freeze_backbone_steps}"
+        if train.time_budget_minutes:  # another budget plans another schedule
+            parts["train_params"] += f" time_budget_minutes={train.time_budget_minutes:g}"
     return {name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in parts.items()}
 
 

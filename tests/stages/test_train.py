@@ -68,3 +68,24 @@ def test_the_restore_report_goes_to_the_journal(tmp_path):
         ("params", {"fine_tune.restored_variables": 284, "fine_tune.unrestored_variables": 0,
                     "fine_tune.freshly_initialised_variables": 42}),
         ("artifact", tmp_path / layout.FINE_TUNE_RESTORE_FILE, "fine_tune"), ("send",)]
+
+
+def test_the_budget_plan_and_an_early_stop_go_to_the_journal(tmp_path):
+    from argparse import Namespace
+
+    from pipeline.core import layout
+    from pipeline.core.params import Params
+    from pipeline.training import budget
+
+    journal = FakeJournal()
+    callbacks = train.JournalCallbacks(journal, Namespace(model_dir=tmp_path), Params())
+    callbacks.on_budget_planned(budget.Plan(7, 760, 0.47, 17.0, 11.0, 2))
+    callbacks.on_stopped_early(400, "map has not improved for 2 evaluations")
+    assert journal.calls == [
+        ("params", {"budget.budget_minutes": 7, "budget.num_steps": 760,
+                    "budget.seconds_per_step": 0.47, "budget.restart_seconds": 17.0,
+                    "budget.evaluation_seconds": 11.0, "budget.evaluations": 2}),
+        ("artifact", tmp_path / layout.BUDGET_CONFIG_FILE, "budget"), ("send",),
+        ("tags", {"stopped_early": "true", "stopped_early.step": "400",
+                  "stopped_early.reason": "map has not improved for 2 evaluations"}),
+        ("send",)]

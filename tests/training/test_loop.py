@@ -119,6 +119,12 @@ class FakeTracker:
     def on_train_failed(self, error):
         self.events.append(("failed", str(error).split(";")[0]))
 
+    def on_budget_planned(self, plan):
+        self.events.append(("planned", plan.num_steps))
+
+    def on_stopped_early(self, step, reason):
+        self.events.append(("stopped", step, reason))
+
 
 @pytest.fixture
 def fake_od_api(tmp_path, monkeypatch):
@@ -279,3 +285,132 @@ def test_with_more_workers_than_train_shards_nothing_is_touched(tmp_path, fake_w
     with pytest.raises(PipelineError, match="train split has 1 record shard"):
         loop.SegmentedTraining(run).train()
     assert not run.model_dir.exists() and fake_workers["segments"] == []
+
+
+def step_on_disk(model_dir: Path) -> int:
+    """The step of the fake latest checkpoint (``ckpt-<step>``), as read back on resume."""
+    listed = model_dir / "checkpoint"
+    return int(listed.read_text().split('"')[1].split("-")[1]) if listed.is_file() else 0
+
+
+def test_early_stopping_ends_training_after_patience_evaluations_and_writes_the_files(
+        tmp_path, fake_od_api, monkeypatch):
+    monkeypatch.setattr(loop.training_hooks, "checkpoint_step", step_on_disk)
+    run = make_run(tmp_path / "p.config", early_stopping=1,
+                   schedule=inputs.Schedule(num_steps=40, batch_size=2, peak_learning_rate=0.1))
+    training = loop.SegmentedTraining(run)
+    tracker = FakeTracker()
+    training.add_callbacks(tracker)
+    training.train()  # map 0.5 at step 10, 0.4 at step 20: no better after 1 evaluation
+    stop = ("stopped", 20, "map has not improved for 1 evaluation (patience "
+                           "train.early_stopping: 1; best 0.5000 at step 10)")
+    assert tracker.events == [("start",), ("best", 10, True), ("evaluation", 10, 0.5),
+                              ("evaluation", 20, 0.4), stop, ("end",)]
+    metrics = json.loads(run.metrics.read_text())
+    assert (metrics["best_step"], metrics["final_step"]) == (10, 20)
+    assert [row.split(",")[0] for row in run.eval_curves.read_text().splitlines()] == [
+        "step", "10", "20"]
+    assert run.curves.is_file()
+    resumed = loop.SegmentedTraining(run)  # `dvc repro` again: the same history, the same stop
+    tracker.events.clear()
+    resumed.add_callbacks(tracker)
+    resumed.train()
+    assert tracker.events == [("start",), stop, ("end",)] and resumed.step == 20
+
+
+RESTART_S, STEP_S, EVAL_S = 4.0, 0.25, 4.0
+
+
+@pytest.fixture
+def fake_clock(tmp_path, fake_od_api, monkeypatch):
+    """The loop's clock, advanced by the fake trainings (``RESTART_S`` per segment, ``STEP_S``
+    per step, each step summary recorded) and evaluations (``EVAL_S``: the estimate, as there
+    are no val records); ``slow``: extra seconds by segment end; ``kill_at``: a segment end
+    whose training is killed."""
+    state = {"now": 1000.0, "segments": [], "points": [], "slow": {}, "kill_at": None}
+    monkeypatch.setattr(loop, "time", type("Clock", (), {"time": lambda: state["now"]}))
+    monkeypatch.setattr(loop.budget, "step_wall_times", lambda event_dir: state["points"])
+    monkeypatch.setattr(loop.training_hooks, "checkpoint_step", step_on_disk)
+    train_without_clock = loop.train_with_model_main
+
+    def timed_model_main(argv):
+        flags = dict(a.lstrip("-").split("=", 1) for a in argv[1:])
+        start, end = step_on_disk(Path(flags["model_dir"])), int(flags["num_train_steps"])
+        if end == state["kill_at"]:
+            raise KeyboardInterrupt  # as SIGKILL, nothing after it runs
+        state["now"] += RESTART_S
+        state["points"] += [(s, state["now"] + (s - start) * STEP_S)
+                            for s in range(start + 10, end + 1, 10)]
+        state["now"] += (end - start) * STEP_S + state["slow"].get(end, 0.0)
+        state["segments"].append((start, end, Path(flags["pipeline_config_path"]).name))
+        train_without_clock(argv)
+
+    def evaluate(config, checkpoint, summary_dir):
+        state["now"] += EVAL_S
+        return {"DetectionBoxes_Precision/mAP": 0.1 * len(state["segments"])}
+
+    monkeypatch.setattr(loop, "train_with_model_main", timed_model_main)
+    monkeypatch.setattr(loop.checkpoint_eval, "evaluate_checkpoint", evaluate)
+    config = tmp_path / "p.config"
+    config.write_text(CONFIG.format(steps=800))
+    state["run"] = make_run(config, time_budget_minutes=1, started_at=1000.0, eval_every_n=100,
+                            schedule=inputs.Schedule(800, 3, 0.04))
+    return state
+
+
+def test_a_time_budget_plans_the_steps_that_fit_and_ends_the_schedule_with_them(
+        fake_clock, caplog):
+    from object_detection.utils import config_util
+
+    from pipeline.core import layout
+
+    run = fake_clock["run"]
+    configured = run.config.read_text()
+    training = loop.SegmentedTraining(run)
+    tracker = FakeTracker()
+    training.add_callbacks(tracker)
+    with caplog.at_level("INFO"):
+        training.train()
+    # Measured: 30 steps in 4 + 7.5 s. Left: 60 - 11.5 = 48.5 s = 2 start-ups (8 s), 146 steps
+    # (36.5 s) and the evaluation at step 100 (4 s): step 176; the final evaluation follows.
+    copy = layout.BUDGET_CONFIG_FILE
+    assert fake_clock["segments"] == [(0, 30, copy), (30, 100, copy), (100, 176, copy)]
+    assert fake_clock["now"] - EVAL_S <= 1000.0 + 60  # the last step within the budget
+    assert ("planned", 176) in tracker.events and training.run.num_steps == 176
+    assert "time budget 1 min: 176 steps at 0.25 s/step, 1 evaluation (estimated 4 s each; " \
+           "4 s to start each training segment)" in caplog.text
+    cosine = config_util.get_configs_from_pipeline_file(str(run.model_dir / copy))[
+        "train_config"].optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
+    assert cosine.total_steps == 176  # the learning rate schedule ends with the budget
+    assert run.config.read_text() == configured  # configure's output is never changed
+    assert json.loads(run.metrics.read_text())["final_step"] == 176
+
+
+def test_a_resumed_budget_run_keeps_its_plan_and_trains_to_it(fake_clock):
+    run = fake_clock["run"]
+    fake_clock["kill_at"] = 176
+    with pytest.raises(KeyboardInterrupt):
+        loop.SegmentedTraining(run).train()
+    plan = (run.model_dir / "budget_plan.json").read_text()
+    fake_clock["now"] += 3600  # resumed an hour later: past the budget, but the plan is kept
+    fake_clock["kill_at"] = None
+    resumed = loop.SegmentedTraining(dataclasses.replace(run, started_at=fake_clock["now"]))
+    tracker = FakeTracker()
+    resumed.add_callbacks(tracker)
+    resumed.train()
+    assert fake_clock["segments"][-1] == (100, 176, "budget_pipeline.config")
+    assert len(fake_clock["segments"]) == 3  # not measured nor planned again
+    assert not [e for e in tracker.events if e[0] in ("planned", "stopped")]
+    assert (run.model_dir / "budget_plan.json").read_text() == plan and resumed.step == 176
+
+
+def test_a_budget_spent_sooner_than_planned_stops_at_the_next_evaluation(fake_clock):
+    fake_clock["slow"] = {100: 30.0}  # the second segment ran 30 s longer than measured
+    training = loop.SegmentedTraining(fake_clock["run"])
+    tracker = FakeTracker()
+    training.add_callbacks(tracker)
+    training.train()
+    assert [end for _, end, _ in fake_clock["segments"]] == [30, 100]
+    assert ("stopped", 100, "the time budget of 1 min is spent (training ran slower than "
+                            "measured)") in tracker.events
+    assert tracker.events[-1] == ("end",)

@@ -88,6 +88,10 @@ def test_fingerprint_changes_with_the_model_and_the_classes_not_with_nothing(tmp
     assert frozen["train_params"] != seeded["train_params"]  # not resumed with other freezing
     assert training_dir.fingerprint(config, make_run(config, seed=1, freeze_backbone_steps=0)
                                     ) == seeded  # 0 (the default) keeps older fingerprints
+    budgeted = training_dir.fingerprint(config, make_run(config, seed=1, time_budget_minutes=7))
+    assert budgeted["train_params"] != seeded["train_params"]  # another budget, another plan
+    assert training_dir.fingerprint(config, make_run(config, seed=1, time_budget_minutes=0,
+                                                     early_stopping=3)) == seeded
 
 
 def test_copy_best_writes_a_checkpoint_directory_export_can_read(tmp_path):
