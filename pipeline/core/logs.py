@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.machinery
+import io
 import logging
 import os
 import re
@@ -59,16 +60,35 @@ def set_verbose(flag: bool) -> None:
     apply()
 
 
+#: WARNINGs TensorFlow logs on every run about the OD API's own code, which the user cannot act
+#: on: deprecation notices ("... is deprecated ... Instructions for updating:"), the SavedModel
+#: export's notes on the OD API's Keras layers, and the input reader's shard count.
+UNACTIONABLE_TF_WARNINGS = ("Instructions for updating",
+                            "Skipping full serialization of TF-Keras layer",
+                            "arguments contain non-serializable objects",
+                            "num_readers has been reduced to")
+
+
 class _TensorflowDeprecations(logging.Filter):
-    """TensorFlow's deprecation notices about the OD API's own code ("From ...: X (from ...) is
-    deprecated ... Instructions for updating:") come as WARNINGs on every run; the user cannot act
-    on them."""
+    """Drops :data:`UNACTIONABLE_TF_WARNINGS` unless verbose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return verbose() or "Instructions for updating" not in str(record.msg)
+        message = str(record.msg)
+        return verbose() or not any(text in message for text in UNACTIONABLE_TF_WARNINGS)
 
 
 _DEPRECATIONS = _TensorflowDeprecations()
+
+
+@contextlib.contextmanager
+def stack_prints() -> Iterator[None]:
+    """Hide what the stack prints to stdout itself (pycocotools' progress and summary table
+    during the OD API's evaluation) unless verbose."""
+    if verbose():
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def apply() -> None:

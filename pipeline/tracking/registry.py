@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,7 +175,11 @@ def register(settings: MlflowParams, name: str, run_id: str | None, model_dir: P
     import numpy as np
 
     with (tempfile.TemporaryDirectory() as code,
-          tracking.start_run(settings, "register", run_id=run_id) as mlflow):
+          tracking.start_run(settings, "register", run_id=run_id) as mlflow,
+          warnings.catch_warnings()):
+        # The model has an explicit signature: MLflow's advice to add type hints to `predict`
+        # (to infer one) does not apply, and it is printed on every report.
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=serving_code(),
             artifacts={layout.SAVED_MODEL_DIR: str(Path(model_dir) / layout.SAVED_MODEL_DIR)},

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import progress
+from pipeline.core import logs, progress
 
 #: ``train.best_metric`` -> (OD API metric name, True when higher is better)
 METRICS = {
@@ -49,7 +49,8 @@ def evaluate_checkpoint(config: Path, checkpoint: str, summary_dir: Path) -> dic
     with writer.as_default(), progress.Bar(
             dataset, desc=f"evaluate {Path(checkpoint).name}", total=total, leave=False,
             unit="img" if batch_size == 1 else "batch") as batches:
-        metrics = model_lib_v2.eager_eval_loop(model, configs, batches, global_step=step)
+        with logs.stack_prints():  # pycocotools prints its progress and table to stdout
+            metrics = model_lib_v2.eager_eval_loop(model, configs, batches, global_step=step)
     writer.flush()
     return {name: float(value) for name, value in metrics.items()}
 

@@ -79,3 +79,32 @@ def test_tensorflow_deprecation_notices_are_dropped_unless_verbose(caplog, monke
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == "a real warning"
     assert len(messages) == 2 and "Instructions for updating" in messages[1]
+
+
+def test_the_export_and_input_notes_of_tensorflow_are_dropped_unless_verbose(caplog,
+                                                                             monkeypatch):
+    """What a default export printed 48 times (the SavedModel's notes on the OD API's layers)."""
+    import logging
+
+    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    logs.apply()
+    tf_logger = logging.getLogger("tensorflow")
+    notes = ["Skipping full serialization of TF-Keras layer <Lambda>, because it is not built.",
+             "Model's `__init__()` arguments contain non-serializable objects. Please ...",
+             "num_readers has been reduced to 1 to match input file shards."]
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for note in notes:
+            tf_logger.warning(note)
+        monkeypatch.setenv(logs.VERBOSE_ENV, "1")
+        tf_logger.warning(notes[0])
+    assert [r.getMessage() for r in caplog.records] == [notes[0]]
+
+
+def test_stack_prints_are_hidden_unless_verbose(capsys, monkeypatch):
+    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    with logs.stack_prints():
+        print("creating index...")  # as pycocotools does during the OD API's evaluation
+    monkeypatch.setenv(logs.VERBOSE_ENV, "1")
+    with logs.stack_prints():
+        print("index created!")
+    assert capsys.readouterr().out == "index created!\n"
