@@ -28,6 +28,28 @@ from pipeline.odapi.augmentations import AUGMENTATIONS, NO_AUGMENTATION
 from pipeline.odapi.tflite_precisions import TFLITE_PRECISIONS
 
 
+#: The ``json_schema_extra`` key of a field that configure may derive from the data report
+#: (pipeline/odapi/data_defaults.py): the value of the field that asks for the derivation.
+DERIVE_WHEN = "derive_when"
+
+
+def derivable(default: Any, *, derive_when: Any = None, **rules: Any) -> Any:
+    """A field configure derives from the data while it equals ``derive_when`` (by default its
+    ``default``); any other value is *pinned* by the user and always wins (:func:`pinned`)."""
+    asks = default if derive_when is None else derive_when
+    return Field(default, json_schema_extra={DERIVE_WHEN: asks}, **rules)
+
+
+def pinned(section: Any, name: str) -> Any | None:
+    """``section.<name>`` when the user pinned it, None when its value asks configure to
+    derive it from the data. Only fields declared with :func:`derivable` have an answer."""
+    extra = type(section).__pydantic_fields__[name].json_schema_extra or {}
+    if DERIVE_WHEN not in extra:
+        raise KeyError(f"{type(section).__name__}.{name} is not derived from the data")
+    value = getattr(section, name)
+    return None if value == extra[DERIVE_WHEN] else value
+
+
 def available_models() -> tuple[str, ...]:
     """Names of the templates users can pick: ``configs/<name>.config`` listed in models.yaml."""
     from pipeline.odapi import templates as zoo
@@ -144,7 +166,9 @@ class ModelParams:
     """Which detector template to train, its input size, checkpoint and post-processing."""
 
     name: StrictStr = "ssd_mobilenet_v2_fpnlite_cpu"
-    image_size: StrictInt = Field(0, ge=0, le=2048)
+    image_size: StrictInt = derivable(0, ge=0, le=2048)
+    anchor_aspect_ratios: tuple[FiniteFloat, ...] = derivable(())
+    anchor_min_size: StrictInt = derivable(0, ge=0, le=2048)
     checkpoint: StrictStr = "none"
     checkpoint_sha256: OptionalSha256 = ""
     checkpoint_url: StrictStr = ""
@@ -164,8 +188,24 @@ class ModelParams:
     @classmethod
     def _template_or_usable_size(cls, size: int) -> int:
         if 0 < size < 32:
-            raise ParamsError(f"model.image_size must be 0 (the template's) or in [32, 2048], "
-                              f"got {size}")
+            raise ParamsError(f"model.image_size must be 0 (derived from the data) or in "
+                              f"[32, 2048], got {size}")
+        return size
+
+    @field_validator("anchor_aspect_ratios")
+    @classmethod
+    def _usable_ratios(cls, ratios: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.1 <= r <= 10.0 for r in ratios) or len(set(ratios)) != len(ratios):
+            raise ParamsError(f"model.anchor_aspect_ratios must be [] (derived from the data) or "
+                              f"distinct widths/heights in [0.1, 10], got {list(ratios)}")
+        return ratios
+
+    @field_validator("anchor_min_size")
+    @classmethod
+    def _usable_anchor(cls, size: int) -> int:
+        if 0 < size < 4:
+            raise ParamsError(f"model.anchor_min_size must be 0 (derived from the data) or in "
+                              f"[4, 2048] pixels, got {size}")
         return size
 
     @field_validator("checkpoint")
@@ -195,12 +235,13 @@ class TrainParams:
     """Optimisation settings written into pipeline.config and the training loop."""
 
     batch_size: StrictInt = Field(16, ge=1, le=4096)
-    num_steps: StrictInt = Field(800, ge=1, le=10_000_000)
+    num_steps: StrictInt = derivable(800, derive_when=0, ge=0, le=10_000_000)
+    epochs: StrictInt = Field(32, ge=1, le=100_000)
     learning_rate: FiniteFloat = Field(0.0, ge=0.0, le=10.0)
     warmup_steps: StrictInt = Field(80, ge=0, le=10_000_000)
     freeze_backbone_steps: StrictInt = Field(0, ge=-1, le=10_000_000)
     checkpoint_every_n: StrictInt = Field(200, ge=1, le=10_000_000)
-    max_boxes: StrictInt = Field(50, ge=1, le=10_000)
+    max_boxes: StrictInt = derivable(0, ge=0, le=10_000)
     augmentations: Annotated[Names, members_of((NO_AUGMENTATION, *AUGMENTATIONS))] = ()
     seed: StrictInt = Field(0, ge=0, le=2**31 - 1)
     eval_every_n: StrictInt = Field(400, ge=0, le=10_000_000)
@@ -222,6 +263,8 @@ class TrainParams:
         if self.num_workers > 1 and self.tpu_name:
             raise ParamsError("train.num_workers > 1 and train.tpu_name are exclusive: "
                               "model_main_tf2 trains either on a TPU or on several workers")
+        if self.num_steps == 0:  # derived by configure, which checks these with the result
+            return self
         if self.freeze_backbone_steps >= self.num_steps:
             raise ParamsError(
                 f"train.freeze_backbone_steps must be -1 (throughout), 0 (never) or smaller than "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import pickle
 import shutil
@@ -41,7 +40,8 @@ from apache_beam.runners.common import DoFnSignature
 from pipeline.core import layout
 from pipeline.core.records import SPLITS, ImageRecord
 from pipeline.data.checks import Issue, file_name, prepare_image, stored_jpeg_sha256
-from pipeline.data.health import box_size_bin, empty_summary
+from pipeline.data.health import (add_box_shapes, box_size_bin, empty_summary, image_stats,
+                                  merge_box_shapes)
 from pipeline.data.labelmap import LabelMap
 from pipeline.data.tfexample import build_example
 
@@ -189,8 +189,7 @@ class WriteShardFn(beam.DoFn):
                                 stored_jpeg_sha256(prepared, issues))
         _TFRecordUtil.write_record(out, example.SerializeToString())  # Beam's TFRecord framing
         Metrics.counter(METRICS_NAMESPACE, "images_written").inc()
-        stats = ([o.label for o in clean.objects], [math.sqrt(o.area) for o in clean.objects])
-        SplitSummaryFn().add_input(result.summary, stats)
+        SplitSummaryFn().add_input(result.summary, image_stats(clean))
         result.content.append((prepared.content_sha256, file_name(record)))
         return result._replace(images=result.images + 1)
 
@@ -246,19 +245,22 @@ def duplicate_issues(entries: Iterable[tuple[str, str]]) -> Iterator[dict]:
 
 
 class SplitSummaryFn(beam.CombineFn):
-    """Per split: images, objects (per class), objects per image and box sizes (histograms)."""
+    """Per split: images, objects (per class), objects per image, box sizes and shapes
+    (histograms)."""
 
     def create_accumulator(self) -> dict:
         return empty_summary()
 
-    def add_input(self, acc: dict, stats: tuple[list[str], list[float]]) -> dict:
-        labels, sizes = stats
+    def add_input(self, acc: dict, stats: tuple) -> dict:
+        """``stats``: (labels, box sizes[, box shapes]) of one image (health.image_stats)."""
+        labels, sizes, *shapes = stats
         acc["images"] += 1
         acc["objects"] += len(labels)
         acc["max_objects_per_image"] = max(acc["max_objects_per_image"], len(labels))
         _count(acc["objects_per_class"], labels)
         _count(acc["objects_per_image"], [str(len(labels))])
         _count(acc["box_sizes"], [box_size_bin(size) for size in sizes])
+        add_box_shapes(acc, shapes[0] if shapes else ())
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
@@ -270,6 +272,7 @@ class SplitSummaryFn(beam.CombineFn):
                 merged["max_objects_per_image"], acc["max_objects_per_image"])
             for key in ("objects_per_class", "objects_per_image", "box_sizes"):
                 merged[key] = dict(Counter(merged[key]) + Counter(acc[key]))
+            merge_box_shapes(merged, acc)
         return merged
 
     def extract_output(self, acc: dict) -> dict:

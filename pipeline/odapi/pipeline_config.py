@@ -2,21 +2,24 @@
 
 The template is parsed into the OD API's ``TrainEvalPipelineConfig`` and edited field by field
 (never by text substitution); the written file is parsed back as the proof that it is valid.
-What is set: classes and label map (from the convert output), input size, batch size, steps,
-the learning rate scaled linearly with the batch size from the template's reference (see
+What is set: classes and label map (from the convert output), input size, anchors, batch size,
+steps, the learning rate scaled linearly with the batch size from the template's reference (see
 configs/models.yaml; lower, with the template's own warmup, when fine-tuning), warmup, the
-backbone variables to freeze (``train.freeze_backbone_steps``), augmentations, box limit (at least the data's busiest image),
-post-processing, the checkpoint to fine-tune from and the TFRecord paths.
+backbone variables to freeze (``train.freeze_backbone_steps``), augmentations, box limit,
+post-processing, the checkpoint to fine-tune from and the TFRecord paths. Input size, anchors,
+box limit and steps are derived from the data report unless pinned in params.yaml
+(pipeline/odapi/data_defaults.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from pipeline.core import compat, files, layout
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import ParamsError, PipelineError
 from pipeline.core.params import ModelParams, TrainParams
-from pipeline.odapi import checkpoints, pretrained
+from pipeline.odapi import checkpoints, data_defaults, pretrained
 from pipeline.odapi import templates as zoo
 from pipeline.odapi.augmentations import NO_AUGMENTATION
 
@@ -52,15 +55,28 @@ def load_template(model_name: str):
 
 def render(model: ModelParams, train: TrainParams, data_dir: Path,
            pretrained_dir: Path | None = None):
-    """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in.
+    """The template for ``model.name`` with classes, sizes, optimiser and inputs filled in
+    (:func:`render_with_defaults` without the defaults)."""
+    return render_with_defaults(model, train, data_dir, pretrained_dir)[0]
+
+
+def render_with_defaults(model: ModelParams, train: TrainParams, data_dir: Path,
+                         pretrained_dir: Path | None = None):
+    """(config, :class:`data_defaults.Defaults`): the template for ``model.name`` with classes,
+    sizes, anchors, optimiser and inputs filled in, and the values derived from the data report
+    (or pinned) that it carries.
 
     The checkpoint to fine-tune from is the one in ``pretrained_dir`` (the pretrained stage's
     output) when that folder exists, else ``model.checkpoint`` resolved here."""
     config = load_template(model.name)
     label_map = data_dir / layout.LABEL_MAP
     set_num_classes(config, count_label_map_items(label_map))
-    set_image_size(config, model.image_size or image_size(config))
-    set_training(config, train, max_objects_in_data(data_dir))
+    defaults = data_defaults.derive(read_data_report(data_dir), template_facts(config, model.name),
+                                    model, train, is_fine_tuning(model))
+    train = with_steps(train, defaults.num_steps)
+    set_image_size(config, defaults.image_size.value)
+    set_anchors(config, defaults.aspect_ratios.value, defaults.anchor_factor.value)
+    set_training(config, train, defaults.max_boxes.value)
     set_learning_rate(config.train_config.optimizer, train, peak_learning_rate(model, train),
                       warmup_schedule(model, train))
     set_frozen_backbone(config, model, train)
@@ -69,7 +85,15 @@ def render(model: ModelParams, train: TrainParams, data_dir: Path,
     set_fine_tune_checkpoint(config, pretrained.fine_tune_prefix(
         model, checkpoints.architecture_of(config), pretrained_dir))
     set_inputs(config, data_dir, label_map)
-    return config
+    return config, defaults
+
+
+def with_steps(train: TrainParams, steps: data_defaults.Choice) -> TrainParams:
+    """``train`` with the resolved number of steps, checked again (warmup, freezing)."""
+    try:
+        return dataclasses.replace(train, num_steps=steps.value)
+    except ParamsError as err:
+        raise ParamsError(f"{err} ({steps.reason})") from None
 
 
 def peak_learning_rate(model: ModelParams, train: TrainParams) -> float:
@@ -127,12 +151,79 @@ def count_label_map_items(path: Path) -> int:
     return count
 
 
-def max_objects_in_data(data_dir: Path) -> int:
-    """Largest number of objects in one image, from the convert stage's data report."""
+def read_data_report(data_dir: Path) -> dict:
+    """The convert stage's data report (``{}`` when there is none: the template's values)."""
     report = data_dir / layout.DATA_REPORT_JSON
     if not report.is_file():
-        return 0
-    return int(json.loads(report.read_text()).get("max_objects_per_image", 0))
+        return {}
+    try:
+        return json.loads(report.read_text())
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"data report {report} is not readable JSON ({err}): run the "
+                            "convert stage again") from None
+
+
+def template_facts(config, model_name: str) -> data_defaults.TemplateFacts:
+    """What :mod:`data_defaults` needs of the template: its size, the sizes it may take, its
+    resizer, anchors and box limit."""
+    kind, generator = anchor_generator(config)
+    return data_defaults.TemplateFacts(
+        image_size=image_size(config), input_sizes=zoo.spec_for(model_name).input_sizes,
+        keeps_aspect=_resizer(config)[0] == "keep_aspect_ratio_resizer",
+        aspect_ratios=tuple(round(r, 4) for r in generator.aspect_ratios),
+        smallest_anchor=smallest_anchor(kind, generator),
+        max_boxes=config.train_config.max_number_of_boxes)
+
+
+def anchor_generator(config):
+    """(kind, message) of the model's anchor generator: SSD's ``anchor_generator`` or Faster
+    R-CNN's ``first_stage_anchor_generator``."""
+    arch = meta_architecture(config)
+    is_two_stage = "first_stage_anchor_generator" in arch.DESCRIPTOR.fields_by_name
+    holder = arch.first_stage_anchor_generator if is_two_stage else arch.anchor_generator
+    kind = holder.WhichOneof("anchor_generator_oneof")
+    if kind not in ANCHOR_GENERATORS:
+        raise PipelineError(f"template's anchor generator {kind!r} is not supported; use one "
+                            f"of {list(ANCHOR_GENERATORS)}")
+    return kind, getattr(holder, kind)
+
+
+#: The anchor generators configure can fit to the data.
+ANCHOR_GENERATORS = ("multiscale_anchor_generator", "ssd_anchor_generator",
+                     "grid_anchor_generator")
+#: The OD API's ssd_anchor_generator puts a 0.1 x input size anchor in its lowest layer when
+#: ``reduce_boxes_in_lowest_layer`` (its default), whatever ``min_scale`` says.
+SSD_LOWEST_LAYER_SCALE = 0.1
+
+
+def smallest_anchor(kind: str, generator) -> tuple[float, float]:
+    """The side of the smallest square anchor: (pixels, fraction of the input size)."""
+    if kind == "multiscale_anchor_generator":
+        return generator.anchor_scale * 2.0 ** generator.min_level, 0.0
+    if kind == "grid_anchor_generator":
+        return min(generator.scales) * generator.height, 0.0
+    lowest = generator.min_scale
+    if generator.reduce_boxes_in_lowest_layer:
+        lowest = min(lowest, SSD_LOWEST_LAYER_SCALE)
+    return 0.0, lowest * generator.base_anchor_height
+
+
+def set_anchors(config, aspect_ratios: tuple[float, ...], factor: float) -> None:
+    """Anchor aspect ratios (width / height), and every anchor size times ``factor``."""
+    kind, generator = anchor_generator(config)
+    del generator.aspect_ratios[:]
+    generator.aspect_ratios.extend(aspect_ratios)
+    if factor == 1.0:
+        return
+    if kind == "multiscale_anchor_generator":
+        generator.anchor_scale *= factor
+    elif kind == "grid_anchor_generator":
+        scales = [s * factor for s in generator.scales]
+        del generator.scales[:]
+        generator.scales.extend(scales)
+    else:
+        generator.base_anchor_height *= factor
+        generator.base_anchor_width *= factor
 
 
 def meta_architecture(config):
@@ -174,14 +265,13 @@ def set_image_size(config, size: int) -> None:
             step.random_scale_crop_and_pad_to_square.output_size = size
 
 
-def set_training(config, train: TrainParams, max_objects: int) -> None:
-    """Batch size, steps and box limit."""
+def set_training(config, train: TrainParams, max_boxes: int) -> None:
+    """Batch size, steps and box limit (the OD API drops the boxes of an image beyond it:
+    data_defaults never makes it smaller than the data's busiest image)."""
     tc = config.train_config
     tc.batch_size = train.batch_size
     tc.num_steps = train.num_steps
-    # Images with more boxes than this are silently truncated by the OD API: never fewer than
-    # the dataset's busiest image.
-    tc.max_number_of_boxes = max(train.max_boxes, max_objects)
+    tc.max_number_of_boxes = max_boxes
 
 
 def set_learning_rate(optimizer, train: TrainParams, peak: float,

@@ -4,8 +4,9 @@ A template is ``configs/<name>.config`` (an OD API ``TrainEvalPipelineConfig`` w
 this project) plus one entry in ``configs/models.yaml``: its reference batch size and learning
 rate (the learning rate is scaled linearly from them), the TF2 model zoo archive with
 COCO-trained weights for the same architecture and that archive's pinned sha256, the schedule
-used when fine-tuning (from the zoo config's own values) and the regexes naming its backbone's
-variables (frozen by ``train.freeze_backbone_steps``).
+used when fine-tuning (from the zoo config's own values), the regexes naming its backbone's
+variables (frozen by ``train.freeze_backbone_steps``) and the input sizes configure may derive
+from the data (``input_sizes``: pipeline/odapi/data_defaults.py).
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ class ModelSpec:
     finetune_warmup_fraction: Annotated[FiniteFloat, Field(ge=0.0, le=0.5)] = 0.05
     finetune_warmup_start_fraction: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] = 0.1
     backbone_variables: Names = ()
+    input_sizes: tuple[Annotated[StrictInt, Field(ge=32, le=2048)], ...] = ()
+
+    @field_validator("input_sizes")
+    @classmethod
+    def _ascending(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if list(sizes) != sorted(set(sizes)):
+            raise ParamsError(f"input_sizes must be distinct and ascending, got {list(sizes)}")
+        return sizes
 
     @field_validator("backbone_variables")
     @classmethod

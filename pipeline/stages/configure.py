@@ -1,7 +1,9 @@
 """Stage ``configure``: render ``pipeline.config`` from a template in ``configs/`` and params.
 
 The stage reads its arguments, renders and writes the config (pipeline/odapi/pipeline_config.py
-knows templates and config editing) and records both in MLflow.
+knows templates and config editing) and records both in MLflow. Before training starts, it
+shows the values derived from the data report (pipeline/odapi/data_defaults.py), one log line
+each, and records them in its MLflow run as ``derived.<key>`` and ``derived.<key>.why``.
 """
 from __future__ import annotations
 
@@ -31,14 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, params: Params) -> None:
     """Render the template for params.model with params.train, write it, record it."""
-    config = pipeline_config.render(params.model, params.train, args.data,
-                                    args.pretrained)
+    config, defaults = pipeline_config.render_with_defaults(params.model, params.train, args.data,
+                                                            args.pretrained)
+    for line in defaults.lines():
+        log.info("%s", line)
     pipeline_config.write_config(config, args.output)
     log.info("wrote %s (%s, %d classes, peak learning rate %g)", args.output, params.model.name,
              pipeline_config.num_classes(config),
              pipeline_config.peak_learning_rate(params.model, params.train))
     journal = execution.stage_journal(params, "configure")
     journal.params({**tracking.flatten_params(params, ("model", "train")),
-                    **pipeline_config.resolved_values(config, params.model, params.train)})
+                    **pipeline_config.resolved_values(config, params.model, params.train),
+                    **defaults.mlflow_params()})
     journal.artifact(args.output)
     tracking.finish(journal)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.params import Params, ParamsError, available_models, load_params, params_from_dict
+from pipeline.core.params import (ModelParams, Params, ParamsError, TrainParams, available_models,
+                                  load_params, params_from_dict, pinned)
 
 from tests.core.test_schema import BILLION_LAUGHS
 from tests.paths import ROOT
@@ -37,7 +38,8 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
                                       "'faster_rcnn_resnet50_640', 'ssd_mobilenet_v2_320', "
                                       "'ssd_mobilenet_v2_fpnlite_320', "
                                       "'ssd_mobilenet_v2_fpnlite_cpu'], got 'yolo'"),
-        ({"model": {"image_size": 16}}, "model.image_size must be 0 (the template's) or in [32"),
+        ({"model": {"image_size": 16}},
+         "model.image_size must be 0 (derived from the data) or in [32"),
         ({"model": {"checkpoint": ""}}, "model.checkpoint must be 'none', 'zoo' or a path"),
         ({"model": {"checkpoint": "zoo", "checkpoint_sha256": "abc"}},
          "model.checkpoint_sha256 must be '' or 64 lowercase hex digits, got 'abc'"),
@@ -323,3 +325,37 @@ def test_check_params_command_validates_without_doing_work(tmp_path, capsys):
     (tmp_path / "p.yaml").write_text("train: {}\ntrain: {}\n")
     assert main(["check-params", "--params", str(tmp_path / "p.yaml")]) == 2
     assert "duplicate key 'train'" in capsys.readouterr().err
+
+
+# --- values configure derives from the data (issue 18) -----------------------------------------
+
+
+def test_a_param_is_pinned_unless_its_value_asks_for_derivation():
+    assert pinned(ModelParams(), "image_size") is None  # 0: derived from the data
+    assert pinned(ModelParams(image_size=320), "image_size") == 320
+    assert pinned(ModelParams(), "anchor_aspect_ratios") is None
+    ratios = ModelParams(anchor_aspect_ratios=(0.5, 1.0))
+    assert pinned(ratios, "anchor_aspect_ratios") == (0.5, 1.0)
+    assert pinned(TrainParams(), "max_boxes") is None
+    # num_steps is derived (from train.epochs) only when 0; its default 800 is a value.
+    assert pinned(TrainParams(), "num_steps") == 800
+    assert pinned(TrainParams(num_steps=0), "num_steps") is None
+    with pytest.raises(KeyError, match="TrainParams.batch_size is not derived"):
+        pinned(TrainParams(), "batch_size")
+
+
+def test_num_steps_0_defers_the_warmup_and_freeze_checks_to_configure():
+    params = params_from_dict({"train": {"num_steps": 0, "warmup_steps": 80}})
+    assert (params.train.num_steps, params.train.epochs) == (0, 32)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"model": {"anchor_aspect_ratios": [0.05]}}, "model.anchor_aspect_ratios must be []"),
+    ({"model": {"anchor_aspect_ratios": [1, 1]}}, "distinct widths/heights in [0.1, 10]"),
+    ({"model": {"anchor_min_size": 2}}, "model.anchor_min_size must be 0 (derived"),
+    ({"train": {"epochs": 0}}, "train.epochs must be in [1, 100000], got 0"),
+])
+def test_bad_derivable_params_are_refused(raw, message):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict(raw)
+    assert message in str(err.value)

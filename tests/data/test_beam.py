@@ -17,7 +17,7 @@ from pipeline.data.beam import (
     merge_shard_results, read_results,
 )
 from pipeline.data.conversion import beam_counters, make_runner
-from pipeline.data.health import box_size_bin
+from pipeline.data.health import box_size_bin, image_stats
 
 from tests.data.helpers import decode_records, save
 
@@ -28,8 +28,22 @@ def test_summary_histograms() -> None:
     acc = fn.merge_accumulators([acc, fn.add_input(fn.create_accumulator(), ([], []))])
     assert acc == {"images": 2, "objects": 3, "max_objects_per_image": 3,
                    "objects_per_class": {"a": 2, "b": 1}, "objects_per_image": {"3": 1, "0": 1},
-                   "box_sizes": {"0-8": 1, "32-64": 1, ">=512": 1}}
+                   "box_sizes": {"0-8": 1, "32-64": 1, ">=512": 1},
+                   "box_shapes": {}, "box_shapes_longer_side": {}}
     assert [box_size_bin(s) for s in (0, 8, 95.9, 96)] == ["0-8", "8-16", "64-96", "96-128"]
+
+
+def test_summary_counts_box_shapes_per_class_and_merges_them() -> None:
+    """Each box's width and height as fractions of the image (and of its longer side), by
+    class, in 1/8-octave bins; shards' summaries add up."""
+    fn = SplitSummaryFn()
+    wide = ImageRecord("a", "a.jpg", 640, 480, "train", (ObjectAnnotation("cat", 0, 0, 64, 48),))
+    shards = [fn.add_input(fn.create_accumulator(), image_stats(wide)) for _ in range(2)]
+    merged = fn.merge_accumulators(shards)
+    # 64/640 = 48/480 = 0.1 -> floor(8 log2 0.1) = -27; 48/640 = 0.075 -> -30
+    assert merged["box_shapes"] == {"cat": {"-27,-27": 2}}
+    assert merged["box_shapes_longer_side"] == {"cat": {"-27,-30": 2}}
+    assert merged["box_sizes"] == {"32-64": 2}
 
 
 def test_build_pipeline_on_test_pipeline(tmp_path: Path, caplog) -> None:

@@ -28,3 +28,21 @@ def test_template_is_a_package_resource() -> None:
     template = resources.files("pipeline.data") / health.TEMPLATES_DIR / health.MARKDOWN_TEMPLATE
     assert template.is_file()
     assert "{{ root }}" in template.read_text(encoding="utf-8")
+
+
+def test_box_shape_bins_are_eighth_octaves_of_the_image_fraction() -> None:
+    assert health.box_shape_bin(0.5, 1.0) == "-8,0"
+    assert health.box_shape_bin(0.0, 1e-9) == "-80,-80"  # clamped at 2**-10
+    for fraction in (0.003, 0.02, 0.1, 0.37, 0.99):
+        width, height = health.box_shape_center(health.box_shape_bin(fraction, fraction / 2))
+        assert width == pytest.approx(fraction, rel=0.05)  # half a bin: 2**(1/16) - 1 = 4.4%
+        assert height == pytest.approx(fraction / 2, rel=0.05)
+
+
+def test_the_split_report_carries_the_box_shapes_sorted() -> None:
+    summary = health.empty_summary()
+    health.add_box_shapes(summary, [("dog", "-3,-4", "-3,-5"), ("cat", "-9,-9", "-9,-10"),
+                                    ("dog", "-3,-4", "-3,-5")])
+    report = health.split_report(3, summary, 1, [])
+    assert report["box_shapes"] == {"cat": {"-9,-9": 1}, "dog": {"-3,-4": 2}}
+    assert list(report["box_shapes_longer_side"]) == ["cat", "dog"]

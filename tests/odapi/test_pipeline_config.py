@@ -5,17 +5,22 @@ from pathlib import Path
 import pytest
 
 from pipeline.core import compat
-from pipeline.odapi import pipeline_config
-from pipeline.core.errors import PipelineError
+from pipeline.odapi import data_defaults, pipeline_config
+from pipeline.core.errors import ParamsError, PipelineError
 from pipeline.core.params import ModelParams, TrainParams, available_models
 
+from tests.odapi.test_data_defaults import BLOOD, CPU, data_report
 
-def write_convert_output(folder: Path, classes: int = 4, max_objects: int = 77) -> Path:
-    """The files configure reads from the convert stage: a label map and the data report."""
+
+def write_convert_output(folder: Path, classes: int = 4, max_objects: int = 77,
+                         report: dict | None = None) -> Path:
+    """The files configure reads from the convert stage: a label map and the data report
+    (by default one with no box shapes, as before issue 18)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "label_map.pbtxt").write_text(
         "".join(f"item {{ id: {i} name: 'c{i}' }}\n" for i in range(1, classes + 1)))
-    (folder / "data_report.json").write_text(json.dumps({"max_objects_per_image": max_objects}))
+    report = report or {"max_objects_per_image": max_objects}
+    (folder / "data_report.json").write_text(json.dumps(report))
     return folder
 
 
@@ -205,3 +210,69 @@ def test_freeze_backbone_writes_the_templates_backbone_regexes_to_freeze_variabl
 def test_freezing_a_backbone_trained_from_scratch_is_refused(data_dir):
     with pytest.raises(PipelineError, match="freeze_backbone_steps needs pretrained weights"):
         pipeline_config.render(ModelParams(), TrainParams(freeze_backbone_steps=-1), data_dir)
+
+
+# --- defaults derived from the data report (issue 18) ------------------------------------------
+
+
+def anchors_of(config):
+    return pipeline_config.anchor_generator(config)[1]
+
+
+def test_the_rendered_config_carries_the_values_derived_from_the_data(tmp_path):
+    report = data_report(BLOOD)  # 640x480 images with 14 px platelets, 6 objects per image
+    data_dir = write_convert_output(tmp_path / "data", report=report)
+    configs = render_to_file(data_dir, ModelParams(), TrainParams(num_steps=0, epochs=80))
+    expected = data_defaults.derive(report, CPU, ModelParams(),
+                                    TrainParams(num_steps=0, epochs=80), fine_tuning=False)
+    ssd, tc = configs["model"].ssd, configs["train_config"]
+    assert ssd.image_resizer.fixed_shape_resizer.height == expected.image_size.value == 320
+    anchors = ssd.anchor_generator.multiscale_anchor_generator
+    assert list(anchors.aspect_ratios) == pytest.approx(expected.aspect_ratios.value)
+    assert expected.aspect_ratios.value != (1.0, 2.0, 0.5)
+    assert anchors.anchor_scale == pytest.approx(3.0 * expected.anchor_factor.value) == 1.5
+    assert tc.max_number_of_boxes == expected.max_boxes.value == 6
+    assert tc.num_steps == expected.num_steps.value == 80 * 20 // 16
+    cosine = tc.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
+    assert cosine.total_steps == 100
+
+
+def test_the_template_facts_are_read_from_the_template():
+    """The CPU facts the pure tests use are the default template's."""
+    assert pipeline_config.template_facts(pipeline_config.load_template(
+        "ssd_mobilenet_v2_fpnlite_cpu"), "ssd_mobilenet_v2_fpnlite_cpu") == CPU
+
+
+def test_a_pinned_param_wins_in_the_rendered_config(tmp_path):
+    data_dir = write_convert_output(tmp_path / "data", report=data_report(BLOOD))
+    model = ModelParams(image_size=256, anchor_aspect_ratios=(1.0, 2.0), anchor_min_size=36)
+    config = pipeline_config.render(model, TrainParams(max_boxes=20), data_dir)
+    anchors = anchors_of(config)
+    assert pipeline_config.image_size(config) == 256
+    assert list(anchors.aspect_ratios) == [1.0, 2.0]
+    assert anchors.anchor_scale == pytest.approx(36 / 8)  # level 3: 36 px = scale x 2^3
+    assert config.train_config.max_number_of_boxes == 20
+
+
+@pytest.mark.parametrize("name, smallest", [
+    ("ssd_mobilenet_v2_fpnlite_cpu", (24.0, 0.0)),   # anchor_scale 3 x 2^3
+    ("efficientdet_d0", (32.0, 0.0)),                # 4 x 2^3
+    ("faster_rcnn_resnet50_640", (64.0, 0.0)),       # scale 0.25 x the 256 px base anchor
+    ("ssd_mobilenet_v2_320", (0.0, 0.1)),            # the lowest layer's 0.1 x input size
+])
+def test_anchors_are_scaled_in_each_anchor_generator(name, smallest):
+    config = pipeline_config.load_template(name)
+    kind, generator = pipeline_config.anchor_generator(config)
+    assert pipeline_config.smallest_anchor(kind, generator) == pytest.approx(smallest)
+    pipeline_config.set_anchors(config, (0.8, 1.25), 0.5)
+    kind, generator = pipeline_config.anchor_generator(config)
+    assert list(generator.aspect_ratios) == pytest.approx([0.8, 1.25])
+    assert pipeline_config.smallest_anchor(kind, generator) == pytest.approx(
+        tuple(0.5 * side for side in smallest))
+
+
+def test_num_steps_derived_too_small_for_the_warmup_is_a_clear_error(tmp_path):
+    data_dir = write_convert_output(tmp_path / "data", report=data_report(BLOOD))
+    with pytest.raises(ParamsError, match=r"warmup_steps must be smaller than train.num_steps "
+                                          r"\(2\).*num_steps 2: 1 epochs x 20 train images"):
+        pipeline_config.render(ModelParams(), TrainParams(num_steps=0, epochs=1), data_dir)

@@ -75,3 +75,21 @@ def test_every_template_in_models_yaml_is_in_every_template_test():
              test_each_template_states_the_reference_that_models_yaml_records: listed}
     for test, expected in loops.items():
         assert parametrized_names(test) == expected, test.__name__
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_input_sizes_start_at_the_template_s_own_size(name):
+    """configure derives model.image_size from these (data_defaults): never below the size the
+    template's anchors and feature levels were designed for."""
+    sizes = zoo.spec_for(name).input_sizes
+    assert sizes[0] == pipeline_config.image_size(pipeline_config.load_template(name))
+    assert sizes[-1] ** 2 <= 2.25 * sizes[0] ** 2  # the cost cap: a step costs ~ size^2
+
+
+def test_input_sizes_must_ascend(tmp_path):
+    (tmp_path / "m.config").write_text("")
+    (tmp_path / "models.yaml").write_text(
+        "m:\n  description: d\n  reference_batch_size: 8\n  reference_learning_rate: 0.1\n"
+        "  input_sizes: [320, 256]\n")
+    with pytest.raises(ParamsError, match=re.escape("input_sizes must be distinct and ascending")):
+        zoo.load_specs(tmp_path / "models.yaml")
