@@ -59,7 +59,7 @@ def report_provenance(params: Params, model_dir: Path, data_dir: Path) -> list[t
     train = params.train
     return [
         ("model", f"{params.model.name} (template), exported to {model_dir}"),
-        ("key params", f"model.image_size {params.model.image_size or 'template default'}, "
+        ("key params", f"model.image_size {params.model.image_size or 'derived (configure log)'}, "
                        f"train.batch_size {train.batch_size}, train.num_steps {train.num_steps}, "
                        f"train.learning_rate {train.learning_rate or 'template default'}, "
                        f"report.score_threshold {params.report.score_threshold}"),
