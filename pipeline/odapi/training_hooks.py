@@ -35,8 +35,10 @@ from pipeline.core import compat
 # point every 10 steps. Each save flushes the event files first, so that a crash never leaves
 # a checkpoint whose curve up to that step is lost (the writer flushes every 120 s otherwise),
 # and is reported to the callback of :func:`observe_checkpoints`, so that the caller knows the
-# step of the latest checkpoint without reading it back from disk. When the loop returns, the
-# hook drops its managers and collects the loop's objects (compat shim 10).
+# step of the latest checkpoint without reading it back from disk; the callback may evaluate
+# the checkpoint there and then, and may raise to end training (the exception leaves
+# train_loop; nothing more is saved). When the loop returns or raises, the hook drops its
+# managers and collects the loop's objects (compat shim 10).
 
 _checkpoint_callback = None
 
@@ -79,12 +81,12 @@ def save_final_checkpoint_after_train_loop() -> None:
         tf.compat.v2.train.CheckpointManager = RecordingCheckpointManager
         try:
             result = original_train_loop(*args, **kwargs)
-        finally:
+            for manager in managers:
+                if manager.last_saved_step != _step(manager):
+                    manager.save()
+        finally:  # also when a callback stopped the loop (early stopping, a NaN loss)
             tf.compat.v2.train.CheckpointManager = original_manager
-        for manager in managers or []:
-            if manager.last_saved_step != _step(manager):
-                manager.save()
-        release_training_objects(managers)
+            release_training_objects(managers)
         return result
 
     def _step(manager) -> int:

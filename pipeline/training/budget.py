@@ -6,8 +6,10 @@ knows how fast a step runs here. So the train stage measures it: a first segment
 :data:`MEASURE_STEPS` steps (inside the warmup with the default params, so the learning rate
 has not started to decay) is timed from the wall times of the OD API's own step summaries (the
 chief's event files, so several workers are measured the same way); the rest of the segment's
-time is its start-up (model building, tracing, checkpoints), paid again by every later segment
-because each one is a fresh ``model_main_tf2`` call. :func:`planned_steps` then finds the most
+time is its start-up (model building, tracing, checkpoints), paid again by the next segment,
+a fresh ``model_main_tf2`` call, and by every later one when training pauses for each
+evaluation (several workers, a TPU; one process evaluates inside training, without a restart:
+pipeline/training/loop.py). :func:`planned_steps` then finds the most
 steps whose segments, start-ups and evaluations fit in what is left of the budget, counted from
 the start of the stage's process; the final evaluation comes after the budget ("N minutes plus
 one evaluation").
@@ -74,18 +76,21 @@ def evaluations_between(start: int, end: int, eval_every_n: int) -> int:
 
 
 def seconds_needed(start: int, end: int, timing: Timing, evaluation_seconds: float,
-                   eval_every_n: int) -> float:
-    """Wall time to train from ``start`` to ``end``: one start-up per segment (training pauses
-    at every evaluation step), the steps, the evaluations during training."""
+                   eval_every_n: int, evaluates_in_training: bool = False) -> float:
+    """Wall time to train from ``start`` to ``end``: one start-up per segment (a segment ends
+    at every evaluation step unless evaluations run inside training), the steps, the
+    evaluations during training."""
     if end <= start:
         return 0.0
     pauses = (end - 1) // eval_every_n - start // eval_every_n if eval_every_n else 0
+    if evaluates_in_training:
+        pauses = 0
     return ((1 + pauses) * timing.restart_seconds + (end - start) * timing.seconds_per_step
             + evaluations_between(start, end, eval_every_n) * evaluation_seconds)
 
 
 def planned_steps(seconds_left: float, start: int, timing: Timing, evaluation_seconds: float,
-                  eval_every_n: int) -> int:
+                  eval_every_n: int, evaluates_in_training: bool = False) -> int:
     """The last step of the longest training from ``start`` that fits in ``seconds_left``
     (``start`` itself when no step does). :func:`seconds_needed` grows with the end step, so a
     binary search finds it."""
@@ -93,7 +98,8 @@ def planned_steps(seconds_left: float, start: int, timing: Timing, evaluation_se
     high = start + int(max(seconds_left, 0.0) / timing.seconds_per_step)
     while low < high:
         middle = (low + high + 1) // 2
-        if seconds_needed(start, middle, timing, evaluation_seconds, eval_every_n) <= seconds_left:
+        if seconds_needed(start, middle, timing, evaluation_seconds, eval_every_n,
+                          evaluates_in_training) <= seconds_left:
             low = middle
         else:
             high = middle - 1

@@ -1,5 +1,13 @@
-"""The segmented training: ``model_main_tf2`` to each evaluation step in turn, evaluate the
-checkpoint, keep the best one, write the curves and metrics files.
+"""The training: ``model_main_tf2`` to ``num_steps``, each checkpoint of an evaluation step
+evaluated as soon as it is saved, the best one kept, the curves and metrics files written.
+
+On one machine (``train.num_workers`` 1, no TPU) the evaluation runs inside training, from the
+checkpoint callback of training hook A, and training then goes on in the same ``train_loop``:
+no restart (model building, tracing, input start-up: about 35 s here) per evaluation, and
+checkpoints land on every evaluation step (model_main's interval is the gcd of
+``checkpoint_every_n`` and ``eval_every_n``). With several workers, whose chief trains in
+another process, or a TPU, training runs in segments instead: ``model_main_tf2`` to each
+evaluation step in turn, the evaluation between them.
 
 The loop knows no tracker (as Ultralytics' trainer): whoever runs it attaches callbacks to its
 events (:data:`EVENTS`), e.g. the train stage's MLflow journal. The step of the latest
@@ -17,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +94,17 @@ def train_with_model_main(argv: list[str]) -> None:
     model_main_tf2.main(argv)
 
 
+class StopTraining(Exception):
+    """Raised by the checkpoint callback to end ``train_loop`` after an evaluation (early
+    stopping, or the time budget spent); the checkpoint it evaluated is the last one."""
+
+
+def checkpoint_interval(checkpoint_every_n: int, eval_every_n: int) -> int:
+    """``model_main_tf2 --checkpoint_every_n`` when evaluating inside training: every
+    evaluation step must be a checkpoint, every ``checkpoint_every_n``-th step still is."""
+    return math.gcd(checkpoint_every_n, eval_every_n) if eval_every_n else checkpoint_every_n
+
+
 def segment_ends(start: int, num_steps: int, eval_every_n: int) -> list[int]:
     """Steps after ``start`` where training pauses for an evaluation (always ``num_steps``)."""
     every = range(eval_every_n, num_steps, eval_every_n) if eval_every_n else []
@@ -92,8 +112,9 @@ def segment_ends(start: int, num_steps: int, eval_every_n: int) -> list[int]:
 
 
 class SegmentedTraining:
-    """Train to each evaluation step in turn, evaluate, keep the best checkpoint; report each
-    event to the callbacks attached to it."""
+    """Train to ``num_steps``, evaluate each evaluation step's checkpoint (inside training, or
+    between segments), keep the best checkpoint; report each event to the callbacks attached
+    to it. (The name is older than in-training evaluation; kept for the callers.)"""
 
     def __init__(self, run: TrainingRun):
         self.run = run
@@ -101,6 +122,8 @@ class SegmentedTraining:
         self.step = 0  # of the latest checkpoint
         self.history: dict[str, dict[str, float]] = {}
         self.can_evaluate = False
+        self.due: set[int] = set()  # evaluation steps inside the running segment
+        self.monitor: TrainMonitor | None = None
         self.configured = run.config  # configure's; a time budget trains from a copy
         self.started_at = run.started_at  # the time budget's clock
         self.deadline: float | None = None  # the budget's end, when planned by this process
@@ -163,17 +186,28 @@ class SegmentedTraining:
             evaluated_at = segment_ends(0, run.num_steps, run.eval_every_n)
             if self.step in evaluated_at and str(self.step) not in self.history:
                 self.evaluate(self.step)  # interrupted between its checkpoint and its evaluation
-            monitor = self.observe_steps()
-            for end in segment_ends(self.step, run.num_steps, run.eval_every_n):
+            monitor = self.monitor = self.observe_steps()
+            ends = segment_ends(self.step, run.num_steps, run.eval_every_n)
+            if self.evaluates_in_training():
+                self.due, ends = set(ends[:-1]), ends[-1:]
+            for end in ends:
                 if self.stopping():
                     break
-                self.train_to(end, monitor)
+                if not self.train_to(end, monitor):
+                    break  # stopped after an evaluation inside training
                 self.evaluate(end)
         finally:
             if monitor is not None:
                 monitor.close()
             training_hooks.observe_checkpoints(None)
             restore_report.observe_restores(None)
+
+    def evaluates_in_training(self) -> bool:
+        """Whether evaluations run inside ``train_loop`` (one process trains: no workers' group,
+        no TPU) rather than between segments."""
+        run = self.run
+        return bool(run.eval_every_n and self.can_evaluate and run.num_workers == 1
+                    and not run.tpu_name)
 
     def observe_steps(self) -> TrainMonitor:
         """A monitor of the steps to ``run.num_steps``, called after training steps."""
@@ -225,7 +259,7 @@ class SegmentedTraining:
             run.batch_size) if self.can_evaluate else 0.0
         self.deadline = self.started_at + 60 * run.time_budget_minutes
         steps = budget.planned_steps(self.deadline - time.time(), self.step, timing, evaluation,
-                                     run.eval_every_n)
+                                     run.eval_every_n, self.evaluates_in_training())
         plan = budget.Plan(run.time_budget_minutes, steps, timing.seconds_per_step,
                            timing.restart_seconds, evaluation,
                            budget.evaluations_between(self.step, steps, run.eval_every_n))
@@ -258,24 +292,39 @@ class SegmentedTraining:
         self.fire("on_fine_tune_restore", report)
 
     def checkpoint_saved(self, step: int, path: str) -> None:
+        """Hook A's callback: training saved ``path``; an evaluation step's checkpoint is
+        evaluated now, and training ends here when it should stop (:meth:`stopping`)."""
         self.step = step
         self.fire("on_checkpoint", step, path)
+        if step in self.due:
+            self.due.discard(step)
+            self.evaluate(step)
+            if self.stopping():
+                raise StopTraining(step)
+            if self.monitor is not None:
+                self.monitor.begin(step)  # the evaluation's time is not training's
 
-    def train_to(self, end: int, monitor: TrainMonitor) -> None:
+    def train_to(self, end: int, monitor: TrainMonitor) -> bool:
+        """Train to step ``end``; False when training stopped before it (:class:`StopTraining`)."""
         run = self.run
         monitor.begin(self.step)
-        argv = model_main_argv(run.config, run.model_dir, end, run.checkpoint_every_n,
-                               run.num_workers, run.tpu_name)
+        every_n = (checkpoint_interval(run.checkpoint_every_n, run.eval_every_n) if self.due
+                   else run.checkpoint_every_n)
+        argv = model_main_argv(run.config, run.model_dir, end, every_n, run.num_workers,
+                               run.tpu_name)
         try:
             if run.num_workers > 1:
                 self.train_on_workers(argv, monitor)
             else:
                 train_with_model_main(argv)
+        except StopTraining:
+            return False
         except Exception as err:
             if monitor.non_finite is None:
                 raise
             raise PipelineError(monitor.stop_message(
                 self.last_good_checkpoint(), run.config, run.schedule.peak_learning_rate)) from err
+        return True
 
     def train_on_workers(self, argv: list[str], monitor: TrainMonitor) -> None:
         """Train a segment with a group of worker processes (:mod:`pipeline.training.cluster`);

@@ -3,7 +3,7 @@
 Progress is a bar (:class:`pipeline.core.progress.Bar`: step of num_steps, loss, img/s, ETA)
 when stderr is a terminal, else a progress line every ``every_seconds``. One bar lasts the
 whole training: it starts at the first step observed (a resumed run starts there), and the
-evaluations between segments and the tracing at the start of each segment do not count in its
+evaluations and the tracing at the start of each training segment do not count in its
 rate or ETA.
 """
 from __future__ import annotations

@@ -153,15 +153,21 @@ def fake_od_api(tmp_path, monkeypatch):
         loop.training_hooks._checkpoint_callback(step, str(prefix))  # what hook A reports
 
     def model_main(argv):
+        """As train_loop: a checkpoint every checkpoint_every_n steps and at the last step."""
         flags = dict(a.lstrip("-").split("=", 1) for a in argv[1:])
         model_dir = Path(flags["model_dir"])
+        state.setdefault("intervals", []).append(int(flags["checkpoint_every_n"]))
         if not (model_dir / "checkpoint").is_file():
             if state.get("restored"):  # as hook E reports a fine-tuning restore
                 loop.restore_report._callback(state["restored"])
             save(model_dir, 0)  # as train_loop does before its first step
         if state["nan_at"]:
             state["monitor"](state["nan_at"], math.nan)
-        save(model_dir, int(flags["num_train_steps"]))
+        start, end = step_on_disk(model_dir), int(flags["num_train_steps"])
+        every = int(flags["checkpoint_every_n"])
+        for step in range(start + every, end, every):
+            save(model_dir, step)
+        save(model_dir, end)
 
     def latest_checkpoint(model_dir: Path) -> str | None:
         listed = model_dir / "checkpoint"
@@ -185,6 +191,26 @@ def test_the_loop_reports_its_events_to_an_attached_tracker(tmp_path, fake_od_ap
     assert fake_od_api["disk_reads"] == 0  # a fresh directory: nothing to read
     with pytest.raises(ValueError, match="unknown training event 'on_epoch'"):
         training.add_callback("on_epoch", print)
+
+
+def test_one_process_evaluates_inside_training_without_restarting_it(tmp_path, fake_od_api):
+    # Evaluations every 10 steps, checkpoints every 4: one model_main call to step 20 whose
+    # checkpoints land on every 2nd step (gcd), each evaluation step's evaluated as it is saved.
+    run = make_run(tmp_path / "p.config", checkpoint_every_n=4)
+    training = loop.SegmentedTraining(run)
+    tracker, saved = FakeTracker(), []
+    training.add_callbacks(tracker)
+    training.add_callback("on_checkpoint", lambda step, path: saved.append(step))
+    training.train()
+    assert fake_od_api["intervals"] == [2]  # a single training call
+    assert saved == list(range(0, 21, 2))
+    assert [e[1] for e in tracker.events if e[0] == "evaluation"] == [10, 20]
+
+
+@pytest.mark.parametrize("checkpoint_every_n, eval_every_n, expected", [
+    (200, 400, 200), (200, 300, 100), (1000, 400, 200), (7, 0, 7)])
+def test_checkpoints_land_on_every_evaluation_step(checkpoint_every_n, eval_every_n, expected):
+    assert loop.checkpoint_interval(checkpoint_every_n, eval_every_n) == expected
 
 
 def test_a_fine_tuning_restore_is_written_and_reported_once(tmp_path, fake_od_api):
@@ -302,6 +328,7 @@ def test_early_stopping_ends_training_after_patience_evaluations_and_writes_the_
     tracker = FakeTracker()
     training.add_callbacks(tracker)
     training.train()  # map 0.5 at step 10, 0.4 at step 20: no better after 1 evaluation
+    assert fake_od_api["intervals"] == [10]  # stopped inside its one training call
     stop = ("stopped", 20, "map has not improved for 1 evaluation (patience "
                            "train.early_stopping: 1; best 0.5000 at step 10)")
     assert tracker.events == [("start",), ("best", 10, True), ("evaluation", 10, 0.5),
@@ -324,14 +351,22 @@ RESTART_S, STEP_S, EVAL_S = 4.0, 0.25, 4.0
 @pytest.fixture
 def fake_clock(tmp_path, fake_od_api, monkeypatch):
     """The loop's clock, advanced by the fake trainings (``RESTART_S`` per segment, ``STEP_S``
-    per step, each step summary recorded) and evaluations (``EVAL_S``: the estimate, as there
-    are no val records); ``slow``: extra seconds by segment end; ``kill_at``: a segment end
-    whose training is killed."""
+    per step up to each checkpoint, each step summary recorded) and evaluations (``EVAL_S``:
+    the estimate, as there are no val records); ``slow``: extra seconds by checkpoint step;
+    ``kill_at``: a segment end whose training is killed."""
     state = {"now": 1000.0, "segments": [], "points": [], "slow": {}, "kill_at": None}
     monkeypatch.setattr(loop, "time", type("Clock", (), {"time": lambda: state["now"]}))
     monkeypatch.setattr(loop.budget, "step_wall_times", lambda event_dir: state["points"])
     monkeypatch.setattr(loop.training_hooks, "checkpoint_step", step_on_disk)
     train_without_clock = loop.train_with_model_main
+    observe_without_clock = loop.training_hooks.observe_checkpoints
+
+    def observe_checkpoints(callback):
+        def timed(step, path):  # the steps up to this checkpoint took their time
+            state["now"] += max(step - state["last"], 0) * STEP_S + state["slow"].get(step, 0.0)
+            state["last"] = step
+            callback(step, path)
+        observe_without_clock(timed if callback else None)
 
     def timed_model_main(argv):
         flags = dict(a.lstrip("-").split("=", 1) for a in argv[1:])
@@ -339,9 +374,9 @@ def fake_clock(tmp_path, fake_od_api, monkeypatch):
         if end == state["kill_at"]:
             raise KeyboardInterrupt  # as SIGKILL, nothing after it runs
         state["now"] += RESTART_S
+        state["last"] = start
         state["points"] += [(s, state["now"] + (s - start) * STEP_S)
                             for s in range(start + 10, end + 1, 10)]
-        state["now"] += (end - start) * STEP_S + state["slow"].get(end, 0.0)
         state["segments"].append((start, end, Path(flags["pipeline_config_path"]).name))
         train_without_clock(argv)
 
@@ -350,6 +385,7 @@ def fake_clock(tmp_path, fake_od_api, monkeypatch):
         return {"DetectionBoxes_Precision/mAP": 0.1 * len(state["segments"])}
 
     monkeypatch.setattr(loop, "train_with_model_main", timed_model_main)
+    monkeypatch.setattr(loop.training_hooks, "observe_checkpoints", observe_checkpoints)
     monkeypatch.setattr(loop.checkpoint_eval, "evaluate_checkpoint", evaluate)
     config = tmp_path / "p.config"
     config.write_text(CONFIG.format(steps=800))
@@ -371,24 +407,26 @@ def test_a_time_budget_plans_the_steps_that_fit_and_ends_the_schedule_with_them(
     training.add_callbacks(tracker)
     with caplog.at_level("INFO"):
         training.train()
-    # Measured: 30 steps in 4 + 7.5 s. Left: 60 - 11.5 = 48.5 s = 2 start-ups (8 s), 146 steps
-    # (36.5 s) and the evaluation at step 100 (4 s): step 176; the final evaluation follows.
+    # Measured: 30 steps in 4 + 7.5 s. Left: 60 - 11.5 = 48.5 s = 1 start-up (4 s), 162 steps
+    # (40.5 s) and the evaluation at step 100 (4 s, inside training: no restart after it):
+    # step 192; the final evaluation follows.
     copy = layout.BUDGET_CONFIG_FILE
-    assert fake_clock["segments"] == [(0, 30, copy), (30, 100, copy), (100, 176, copy)]
+    assert fake_clock["segments"] == [(0, 30, copy), (30, 192, copy)]
     assert fake_clock["now"] - EVAL_S <= 1000.0 + 60  # the last step within the budget
-    assert ("planned", 176) in tracker.events and training.run.num_steps == 176
-    assert "time budget 1 min: 176 steps at 0.25 s/step, 1 evaluation (estimated 4 s each; " \
+    assert ("planned", 192) in tracker.events and training.run.num_steps == 192
+    assert [e[1] for e in tracker.events if e[0] == "evaluation"] == [100, 192]
+    assert "time budget 1 min: 192 steps at 0.25 s/step, 1 evaluation (estimated 4 s each; " \
            "4 s to start each training segment)" in caplog.text
     cosine = config_util.get_configs_from_pipeline_file(str(run.model_dir / copy))[
         "train_config"].optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
-    assert cosine.total_steps == 176  # the learning rate schedule ends with the budget
+    assert cosine.total_steps == 192  # the learning rate schedule ends with the budget
     assert run.config.read_text() == configured  # configure's output is never changed
-    assert json.loads(run.metrics.read_text())["final_step"] == 176
+    assert json.loads(run.metrics.read_text())["final_step"] == 192
 
 
 def test_a_resumed_budget_run_keeps_its_plan_and_trains_to_it(fake_clock):
     run = fake_clock["run"]
-    fake_clock["kill_at"] = 176
+    fake_clock["kill_at"] = 192
     with pytest.raises(KeyboardInterrupt):
         loop.SegmentedTraining(run).train()
     plan = (run.model_dir / "budget_plan.json").read_text()
@@ -398,19 +436,22 @@ def test_a_resumed_budget_run_keeps_its_plan_and_trains_to_it(fake_clock):
     tracker = FakeTracker()
     resumed.add_callbacks(tracker)
     resumed.train()
-    assert fake_clock["segments"][-1] == (100, 176, "budget_pipeline.config")
-    assert len(fake_clock["segments"]) == 3  # not measured nor planned again
+    assert fake_clock["segments"][-1] == (30, 192, "budget_pipeline.config")
+    assert len(fake_clock["segments"]) == 2  # not measured nor planned again
     assert not [e for e in tracker.events if e[0] in ("planned", "stopped")]
-    assert (run.model_dir / "budget_plan.json").read_text() == plan and resumed.step == 176
+    assert (run.model_dir / "budget_plan.json").read_text() == plan and resumed.step == 192
 
 
 def test_a_budget_spent_sooner_than_planned_stops_at_the_next_evaluation(fake_clock):
-    fake_clock["slow"] = {100: 30.0}  # the second segment ran 30 s longer than measured
-    training = loop.SegmentedTraining(fake_clock["run"])
+    fake_clock["slow"] = {100: 30.0}  # steps 30-100 ran 30 s longer than measured
+    run = fake_clock["run"]
+    training = loop.SegmentedTraining(run)
     tracker = FakeTracker()
     training.add_callbacks(tracker)
     training.train()
-    assert [end for _, end, _ in fake_clock["segments"]] == [30, 100]
+    assert [end for _, end, _ in fake_clock["segments"]] == [30, 192]
     assert ("stopped", 100, "the time budget of 1 min is spent (training ran slower than "
                             "measured)") in tracker.events
-    assert tracker.events[-1] == ("end",)
+    assert [e[1] for e in tracker.events if e[0] == "evaluation"] == [100]  # none after it
+    assert tracker.events[-1] == ("end",) and training.step == 100
+    assert json.loads(run.metrics.read_text())["final_step"] == 100
