@@ -1,0 +1,97 @@
+"""The augmentation study: test mAP of the default model trained with each augmentation recipe.
+
+Issue 18 asks for augmentations "chosen by measurement". Each recipe is a value of
+``train.augmentations``; each (dataset, recipe) pair is a project copy (benchmarks/finetune.py's
+``make_project``) that runs ``dvc repro report`` from scratch with the default params, but the
+recipe and a fixed step count (so that a busy machine changes the wall time, not the result).
+The datasets: the built-in sample (default params) and BCCD (``../shared/datasets/bccd_voc``,
+VOC with its own split lists). Prints one line per run (test mAP, mAP@0.5, AP75, per-class
+AP@0.5, train stage seconds and the load average) and, last, a JSON object.
+
+Run from the repository root with the environment active:
+``python benchmarks/augment.py [--datasets bccd sample] [--recipes NAME ...] [--steps N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from finetune import BCCD, dvc, make_project  # noqa: E402  (a script beside this one)
+
+#: Named values of ``train.augmentations``; "template" is [] (the template's own: a flip).
+RECIPES = {
+    "template": [],
+    "flips": ["random_horizontal_flip", "random_vertical_flip"],
+    "scale_crop": ["random_horizontal_flip", "random_scale_crop_and_pad_to_square"],
+    "ssd_crop": ["random_horizontal_flip", "ssd_random_crop"],
+    "image_scale": ["random_horizontal_flip", "random_image_scale"],
+    "colour": ["random_horizontal_flip", "random_adjust_brightness", "random_adjust_contrast"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=("bccd", "sample"), default=["bccd"])
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
+                        default=["template", "scale_crop", "ssd_crop"])
+    parser.add_argument("--steps", type=int, default=800, help="training steps per run")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=YAML",
+                        help="other params of every run, e.g. model.image_size=320")
+    parser.add_argument("--keep", type=Path, help="keep the projects in this folder")
+    return parser.parse_args(argv)
+
+
+def run_params(dataset: str, recipe: str, steps: int, extra: list[str]) -> dict:
+    """The params overrides of one run: fixed steps, no TFLite, no drawings, no registry."""
+    params = {"train": {"num_steps": steps, "augmentations": RECIPES[recipe]},
+              "export": {"tflite": [], "verify_images": 2},
+              "report": {"sample_images": 0, "worst_images": 0, "registered_model": ""}}
+    if dataset == "bccd":
+        params["data"] = {"format": "voc", "root": str(BCCD), "classes": []}
+    for item in extra:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        params.setdefault(section, {})[name] = yaml.safe_load(value)
+    return params
+
+
+def run(work: Path, dataset: str, recipe: str, args: argparse.Namespace) -> dict:
+    project = make_project(work / f"{dataset}_{recipe}",
+                           run_params(dataset, recipe, args.steps, args.set))
+    load_before = os.getloadavg()[0]
+    seconds = dvc(["repro", "report"], project)
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    return {"dataset": dataset, "recipe": recipe, "map": round(metrics["map"], 3),
+            "map_50": round(metrics["map_50"], 3), "map_75": round(metrics["map_75"], 3),
+            "ap50_per_class": {k: round(v["ap50"], 3) for k, v in metrics["per_class"].items()},
+            "train_seconds": seconds.get("train"),
+            "load": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if "bccd" in args.datasets and not BCCD.is_dir():
+        sys.exit(f"{BCCD} not found: this benchmark needs ../shared/datasets/bccd_voc")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
+        work = args.keep or Path(tmp)
+        for dataset in args.datasets:
+            for recipe in args.recipes:
+                result = run(work, dataset, recipe, args)
+                results.append(result)
+                classes = ", ".join(f"{k} {v}" for k, v in result["ap50_per_class"].items())
+                print(f"{dataset:>6} {recipe:>12}: mAP {result['map']}, mAP@0.5 "
+                      f"{result['map_50']}, AP75 {result['map_75']} (AP@0.5 {classes}); train "
+                      f"{result['train_seconds']} s; load {result['load']}", flush=True)
+    print(json.dumps({"steps": args.steps, "set": args.set, "runs": results}))
+
+
+if __name__ == "__main__":
+    main()
