@@ -32,6 +32,7 @@ RECIPES = {
     "scale_crop": ["random_horizontal_flip", "random_scale_crop_and_pad_to_square"],
     "ssd_crop": ["random_horizontal_flip", "ssd_random_crop"],
     "image_scale": ["random_horizontal_flip", "random_image_scale"],
+    "crop": ["random_horizontal_flip", "random_crop_image"],
     "colour": ["random_horizontal_flip", "random_adjust_brightness", "random_adjust_contrast"],
 }
 
