@@ -19,7 +19,6 @@ from typing import NoReturn
 from pipeline.core import layout
 from pipeline.core import logs, redaction
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import ParamsError, load_params, params_from_dict
 
 #: stage name -> (module, one-line help)
 STAGES = {
@@ -67,6 +66,10 @@ def build_parser(stage: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Here, not at the top: this module imports only the standard library and the project, so
+    # that a missing third-party package (pydantic, ...) gets console_main's one-line error.
+    from pipeline.core.params import ParamsError, load_params, params_from_dict
+
     argv = sys.argv[1:] if argv is None else argv
     stage = next((a for a in argv if a in STAGES), None)
     if any(flag in argv for flag in VERBOSE_FLAGS):
@@ -92,7 +95,22 @@ def main(argv: list[str] | None = None) -> int:
 def console_main() -> NoReturn:
     """The entry point of ``odp`` and ``python -m pipeline``: :func:`main`, then
     :func:`exit_without_teardown`."""
-    exit_without_teardown(main())
+    try:
+        code = main()
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.split(".")[0] == "pipeline":
+            raise  # the project's own module: a bug, its traceback helps
+        print(missing_package_message(err.name), file=sys.stderr)
+        code = 2
+    exit_without_teardown(code)
+
+
+def missing_package_message(module: str) -> str:
+    """The one line shown when a stage needs a package this Python does not have: run by
+    another Python than the project's environment, or an environment not set up."""
+    return (f"error: this Python ({sys.executable}) has no module {module!r}, which the "
+            f"project needs: run it from the project's environment (`make setup` creates "
+            f"`.venv`; then `. .venv/bin/activate`)")
 
 
 def exit_without_teardown(code: int) -> NoReturn:

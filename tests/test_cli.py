@@ -102,3 +102,18 @@ def test_with_tensorflow_loaded_the_exit_is_a_normal_one(monkeypatch):
     with pytest.raises(SystemExit) as exited:
         cli.exit_without_teardown(4)
     assert exited.value.code == 4
+
+
+@pytest.mark.parametrize("package", ["tqdm", "pydantic"])
+def test_a_missing_package_is_one_line_naming_it_not_a_traceback(package):
+    # As a Python without the project's environment would run it (`python -m pipeline` or
+    # `odp`): the package cannot be imported.
+    program = (f"import sys\nsys.modules[{package!r}] = None\n"
+               "sys.argv = ['odp', 'train', '--help']\n"
+               "from pipeline import cli\ncli.console_main()\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"has no module {package!r}, which the project needs" in result.stderr
+    assert "make setup" in result.stderr and sys.executable in result.stderr
