@@ -4,7 +4,9 @@ The written folder (the layout :mod:`pipeline.data.readers.yolo` reads back):
 
 - ``images/{train,val,test}/<image id><ext>``: hard links to the dataset's images when the
   convert stage would store their own bytes, else (another filesystem, a remote dataset) a copy;
-  the JPEG the convert stage stores when it re-encodes one (EXIF rotation, colour mode, PNG...);
+  the JPEG the convert stage stores when it re-encodes one (EXIF rotation, colour mode, PNG...).
+  A JPEG without its end-of-image marker is copied, never linked: Ultralytics "restores" such a
+  file by saving over it, which through a link would change the dataset's own file;
 - ``labels/{split}/<image id>.txt``: one ``class cx cy w h`` line per box, normalised by the
   image's size, 6 decimals; the class is the label-map id minus 1 (so YOLO's class 0 is the
   project's id 1);
@@ -43,6 +45,7 @@ DATA_YAML = NAMES_FILES[0]
 DECIMALS = 6
 #: The suffix of an image the convert stage re-encodes (stored as a JPEG).
 JPEG_SUFFIX = ".jpg"
+JPEG_END_MARKER = b"\xff\xd9"
 _IMAGE_SUFFIXES = {ext.lower() for ext in IMAGE_EXTENSIONS}
 
 
@@ -103,7 +106,8 @@ def _write_image(record: ImageRecord, label_map: LabelMap, size_mismatch: str, r
         return "unsafe_path"
     if image.exists():
         return "duplicate_image_id"
-    _store_image(record.image_path if own_bytes else None, prepared.jpeg, image)
+    linkable = own_bytes and prepared.jpeg.endswith(JPEG_END_MARKER)
+    _store_image(record.image_path if linkable else None, prepared.jpeg, image)
     label = labels_folder(image.parent) / f"{image.stem}{LABEL_SUFFIX}"
     files.write_text_atomic(label, label_lines(prepared.record, label_map))
     written.images[record.split] += 1

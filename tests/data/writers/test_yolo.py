@@ -58,11 +58,15 @@ def test_round_trip_through_the_yolo_reader_gives_the_same_boxes_classes_and_spl
 
 def test_splits_by_id_hash_without_split_lists_and_a_bad_image_counted_not_written(
         voc: Path, tmp_path: Path) -> None:
+    """Also: a JPEG not ending with its end marker is copied, not linked (Ultralytics would
+    rewrite it in place)."""
     dataset = tmp_path / "voc"
     shutil.copytree(voc, dataset)
     shutil.rmtree(dataset / "ImageSets")
-    bad = sorted((dataset / "JPEGImages").iterdir())[0]
+    bad, unterminated = sorted((dataset / "JPEGImages").iterdir())[:2]
     bad.write_bytes(b"not an image")
+    with unterminated.open("ab") as image:
+        image.write(b"trailing bytes")
     data = DataParams(format="voc", root=str(dataset), val_fraction=0.25, test_fraction=0.25)
     written = write_yolo_dataset(data, tmp_path / "yolo")
     assert written.skipped == {"corrupt_image": 1}
@@ -72,3 +76,6 @@ def test_splits_by_id_hash_without_split_lists_and_a_bad_image_counted_not_writt
     assert all(r.split == hash_split(r.image_id, 0.25, 0.25) for r in expected)
     assert_same_records(read_yolo(tmp_path / "yolo"), expected)
     assert not list((tmp_path / "yolo").rglob(f"{bad.stem}.*"))
+    copied = next((tmp_path / "yolo" / "images").rglob(unterminated.name))
+    assert copied.read_bytes() == unterminated.read_bytes()
+    assert not os.path.samefile(copied, unterminated)
