@@ -21,19 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-BCCD = ROOT.parent / "shared" / "datasets" / "bccd_voc" / "BCCD"
-STAGE_LINE = re.compile(r"^Running stage '([^']+)'", re.M)
+sys.path.append(str(Path(__file__).resolve().parent))
+from projects import BCCD, make_project, run_dvc  # noqa: E402  (benchmarks/projects.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,51 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_project(directory: Path, overrides: dict) -> Path:
-    """A copy of the product (dvc.yaml, code, templates) with its own params and DVC repo."""
-    directory.mkdir(parents=True)
-    shutil.copy(ROOT / "dvc.yaml", directory)
-    for name in ("pipeline", "configs"):
-        shutil.copytree(ROOT / name, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in overrides.items():
-        params[section].update(values)
-    params["mlflow"]["tracking_uri"] = f"sqlite:///{directory / 'mlflow.db'}"
-    (directory / "params.yaml").write_text(yaml.safe_dump(params))
-    dvc(["init", "--no-scm", "-q"], directory)
-    return directory
-
-
-def dvc(args: list[str], project: Path) -> dict[str, float]:
-    """Run ``dvc`` in ``project``; the seconds of each stage it ran (from its output)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    last = time.perf_counter()
-    stages: dict[str, float] = {}
-    current, lines = None, []
-    proc = subprocess.Popen(["dvc", *args], cwd=project, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    for line in proc.stdout:
-        lines.append(line)
-        match = STAGE_LINE.match(line)
-        if match:
-            now = time.perf_counter()
-            if current:
-                stages[current] = round(now - last, 1)
-            current, last = match.group(1), now
-    if proc.wait() != 0:
-        sys.exit(f"dvc {' '.join(args)} failed in {project}:\n" + "".join(lines[-80:]))
-    if current:
-        stages[current] = round(time.perf_counter() - last, 1)
-    return stages
-
-
 def pretrained_on_sample(work: Path) -> Path:
     """Dataset A: the default model trained on the built-in sample with the default params."""
     project = make_project(work / "a_sample", {})
     print("training the 'pretrained' model on the sample (default params) ...", flush=True)
-    seconds = dvc(["repro", "train"], project)
-    print(f"  done: train stage {seconds.get('train')} s", flush=True)
+    seconds = run_dvc(["repro", "train"], project).stages
+    print(f"  done: train stage {seconds.get('train'):.1f} s", flush=True)
     return project / "models" / "train" / "best"
 
 
@@ -109,7 +63,7 @@ def run_side(work: Path, name: str, steps: int, checkpoint: str, learning_rate: 
     project = make_project(work / name, bccd_params(steps, checkpoint, learning_rate))
     print(f"{name}: dvc repro report ({steps} steps on BCCD) ...", flush=True)
     load_before = os.getloadavg()[0]
-    seconds = dvc(["repro", "report"], project)
+    seconds = run_dvc(["repro", "report"], project).stages
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     restore = project / "models" / "train" / "fine_tune_restore.json"
     counts = {}
@@ -120,7 +74,7 @@ def run_side(work: Path, name: str, steps: int, checkpoint: str, learning_rate: 
     return {"map": round(metrics["map"], 3), "map_50": round(metrics["map_50"], 3),
             "map_75": round(metrics["map_75"], 3),
             "ap50_per_class": {k: round(v["ap50"], 3) for k, v in metrics["per_class"].items()},
-            "train_seconds": seconds.get("train"), "restore": counts,
+            "train_seconds": round(seconds.get("train"), 1), "restore": counts,
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 

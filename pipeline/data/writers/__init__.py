@@ -1,0 +1,1 @@
+"""Dataset writers: the project's records written in another format (yolo)."""
