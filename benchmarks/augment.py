@@ -1,7 +1,7 @@
 """The augmentation study: test mAP of the default model trained with each augmentation recipe.
 
 Issue 18 asks for augmentations "chosen by measurement". Each recipe is a value of
-``train.augmentations``; each (dataset, recipe) pair is a project copy (benchmarks/finetune.py's
+``train.augmentations``; each (dataset, recipe) pair is a project copy (benchmarks/projects.py's
 ``make_project``) that runs ``dvc repro report`` from scratch with the default params, but the
 recipe and a fixed step count (so that a busy machine changes the wall time, not the result).
 The datasets: the built-in sample (default params) and BCCD (``../shared/datasets/bccd_voc``,
@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune import BCCD, dvc, make_project  # noqa: E402  (a script beside this one)
+from projects import BCCD, make_project, run_dvc  # noqa: E402  (a module beside this script)
 
 #: Named values of ``train.augmentations``; "template" is [] (the template's own: a flip).
 RECIPES = {
@@ -67,7 +67,7 @@ def run(work: Path, dataset: str, recipe: str, args: argparse.Namespace) -> dict
     project = make_project(work / f"{dataset}_{recipe}",
                            run_params(dataset, recipe, args.steps, args.set))
     load_before = os.getloadavg()[0]
-    seconds = dvc(["repro", "report"], project)
+    seconds = run_dvc(["repro", "report"], project).stages
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     return {"dataset": dataset, "recipe": recipe, "map": round(metrics["map"], 3),
             "map_50": round(metrics["map_50"], 3), "map_75": round(metrics["map_75"], 3),
