@@ -20,10 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from projects import BCCD, make_project, run_dvc  # noqa: E402  (a module beside this script)
+from projects import (BCCD, make_project, merged, params_overrides,  # noqa: E402
+                      run_dvc)  # (benchmarks/projects.py)
 
 #: Named values of ``train.augmentations``; "template" is [] (the template's own: a flip).
 RECIPES = {
@@ -50,17 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_params(dataset: str, recipe: str, steps: int, extra: list[str]) -> dict:
-    """The params overrides of one run: fixed steps, no TFLite, no drawings, no registry."""
+    """The params overrides of one run: fixed steps, no TFLite, no drawings, no registry;
+    ``extra``: ``SECTION.KEY=YAML`` pairs on top."""
     params = {"train": {"num_steps": steps, "augmentations": RECIPES[recipe]},
               "export": {"tflite": [], "verify_images": 2},
               "report": {"sample_images": 0, "worst_images": 0, "registered_model": ""}}
     if dataset == "bccd":
         params["data"] = {"format": "voc", "root": str(BCCD), "classes": []}
-    for item in extra:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        params.setdefault(section, {})[name] = yaml.safe_load(value)
-    return params
+    return merged(params, params_overrides(extra))
 
 
 def run(work: Path, dataset: str, recipe: str, args: argparse.Namespace) -> dict:

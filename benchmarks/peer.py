@@ -35,15 +35,14 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 # This checkout's package first: benchmarks/pipeline.py (this script's folder is sys.path[0])
 # would shadow it.
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "benchmarks"))
 import peer_yolo  # noqa: E402  (benchmarks/peer_yolo.py: imports neither torch nor the project)
-from projects import BCCD, make_project, run_dvc  # noqa: E402  (benchmarks/projects.py)
+from projects import (BCCD, make_project, merged, params_overrides,  # noqa: E402
+                      run_dvc)  # (benchmarks/projects.py)
 
 from pipeline.core import layout  # noqa: E402
 
@@ -80,27 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.ours_params = params_overrides(args.ours_params)
     return args
-
-
-def params_overrides(pairs: Sequence[str]) -> dict[str, dict]:
-    """``["train.num_steps=60"]`` -> ``{"train": {"num_steps": 60}}`` (values read as YAML)."""
-    overrides: dict[str, dict] = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        section, dot, name = key.partition(".")
-        if not (separator and dot and section and name):
-            raise SystemExit(f"--ours-params: expected SECTION.KEY=VALUE, got {pair!r}")
-        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
-    return overrides
-
-
-def merged(*overrides: Mapping[str, dict]) -> dict[str, dict]:
-    """Section-wise union of params overrides (later ones win)."""
-    result: dict[str, dict] = {}
-    for override in overrides:
-        for section, values in override.items():
-            result.setdefault(section, {}).update(values)
-    return result
 
 
 # --- the peer's environment ----------------------------------------------------------------------

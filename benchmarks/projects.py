@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +79,24 @@ def run_dvc(args: list[str], cwd: Path = ROOT, *, echo: bool = False) -> DvcRun:
     if current:
         stages[current] = end - last
     return DvcRun(end - start, stages, "".join(lines))
+
+
+def params_overrides(pairs: Sequence[str]) -> dict[str, dict]:
+    """``["train.num_steps=60"]`` -> ``{"train": {"num_steps": 60}}`` (values read as YAML)."""
+    overrides: dict[str, dict] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not (separator and dot and section and name):
+            raise SystemExit(f"--ours-params: expected SECTION.KEY=VALUE, got {pair!r}")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    return overrides
+
+
+def merged(*overrides: Mapping[str, dict]) -> dict[str, dict]:
+    """Section-wise union of params overrides (later ones win)."""
+    result: dict[str, dict] = {}
+    for override in overrides:
+        for section, values in override.items():
+            result.setdefault(section, {}).update(values)
+    return result
