@@ -1,8 +1,8 @@
 """``python -m pipeline compare``: the DVC experiments side by side, one line each.
 
 ``dvc exp show`` prints every param and metric (60 param columns before the first metric);
-this prints the few that tell experiments apart: the model, steps, batch size, learning rate,
-dataset and the test mAP. It reads ``dvc exp show --json`` (run here, or a saved file with
+this prints the few that tell experiments apart: the model, the steps trained, batch size,
+learning rate, dataset and the test mAP. It reads ``dvc exp show --json`` (run here, or a saved file with
 ``--input``), so it shows exactly the experiments DVC knows: the workspace, the commits and
 their experiments (queued or failed ones with ``-`` for what they have not produced).
 """
@@ -37,7 +37,9 @@ class Column:
 
 COLUMNS = (
     Column("model", "params", layout.PARAMS_FILE, "model.name"),
-    Column("steps", "params", layout.PARAMS_FILE, "train.num_steps"),
+    # The steps trained, not train.num_steps: that is 0 when derived from train.epochs, and a
+    # time budget or early stopping ends training elsewhere.
+    Column("steps", "metrics", str(layout.EVAL_METRICS), "final_step"),
     Column("batch", "params", layout.PARAMS_FILE, "train.batch_size"),
     Column("lr", "params", layout.PARAMS_FILE, "train.learning_rate"),
     Column("mAP", "metrics", METRICS_FILE, "map"),

@@ -47,7 +47,17 @@ def test_rows_hold_the_key_params_and_the_test_metrics():
 
 def test_an_experiment_without_results_shows_dashes_not_zeros():
     queued = table_rows()["other-model (queued)"]
-    assert (queued["mAP"], queued["mAP@.5"]) == ("-", "-")
+    assert (queued["mAP"], queued["mAP@.5"], queued["steps"]) == ("-", "-", "-")
+
+
+def test_steps_are_the_steps_trained_not_the_param():
+    # num_steps 0 (derived from train.epochs), or a time budget: the param says nothing.
+    shown = json.loads(FIXTURE.read_text())
+    data = shown[1]["data"]
+    data["params"]["params.yaml"]["data"]["train"]["num_steps"] = 0
+    data["metrics"]["reports/eval_metrics.json"]["data"]["final_step"] = 736
+    master = next(row for row in compare.experiment_rows(shown) if row[0] == "master")
+    assert master[1 + [c.title for c in compare.COLUMNS].index("steps")] == "736"
 
 
 def test_metrics_come_from_the_test_report_not_the_val_metrics():
