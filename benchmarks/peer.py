@@ -120,7 +120,8 @@ def run_ours(work: Path, dataset: str, ours_params: dict) -> tuple[Path, dict]:
     """A project copy trained and reported on ``dataset``; the project and our side's figures."""
     project = make_project(work / f"{dataset}_ours", merged(DATASETS[dataset], ours_params))
     print(f"{dataset}: ours: dvc repro report ...", flush=True)
-    stages = run_dvc(["repro", "report"], project).stages
+    repro = run_dvc(["repro", "report"], project)
+    stages = repro.stages
     reports = project / layout.REPORTS_DIR
     metrics = json.loads((reports / layout.METRICS_FILE).read_text())
     tflite = _tflite_meta(project / layout.EXPORT_DIR / layout.TFLITE_DIR)
@@ -128,7 +129,8 @@ def run_ours(work: Path, dataset: str, ours_params: dict) -> tuple[Path, dict]:
     height, width = tflite.get("input_size") or (None, None)  # None: no TFLite written
     return project, {
         "side": "ours", "image_size": height if height == width else f"{height}x{width}",
-        "train_seconds": round(stages["train"], 1), "report_metrics": metrics,
+        "train_seconds": round(stages["train"], 1), "repro_seconds": round(repro.seconds, 1),
+        "stage_seconds": stages, "report_metrics": metrics,
         "latency_ms": metrics["latency_ms"]["p50"],
         "tflite_latency_ms": float32.get("latency_ms", {}).get("p50"),
         "model_mb": folder_bytes(project / layout.EXPORT_DIR / layout.SAVED_MODEL_DIR) / MB,
