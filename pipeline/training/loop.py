@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
