@@ -63,25 +63,49 @@ def test_input_size_stops_at_the_templates_cost_cap():
         "input 384 px (the template's cost cap): keeps only 0% of class 'dot'")
 
 
-def test_aspect_ratios_are_a_k_means_of_the_boxes_aspect_ratios():
-    # Square images: the aspect ratio at the input is the boxes' own.
-    images = [[("a", 20, 40), ("b", 40, 40), ("c", 80, 40), ("b", 30, 30)]] * 10
+def test_the_template_s_aspect_ratios_are_kept_while_they_fit_every_class():
+    # Round cells squashed to 0.75 and square platelets: 1 fits both (IoU 0.76 and 1).
+    ratios = derive(data_report(BLOOD)).aspect_ratios
+    assert (ratios.value, ratios.source) == ((1.0, 2.0, 0.5), TEMPLATE)
+    assert ratios.reason == ("anchor aspect ratios 1, 2, 0.5: the template's (they fit 100% of "
+                             "every class's boxes)")
+
+
+@pytest.mark.parametrize("ratio, fits", [(1.0, True), (0.4, True), (1.4, True), (2.6, True),
+                                         (0.25, False), (4.0, False), (8.0, False)])
+def test_a_template_ratio_fits_a_box_when_a_same_area_anchor_overlaps_it_enough(ratio, fits):
+    boxes = data_defaults.train_boxes(data_report([[("a", 40 * ratio, 40)]], size=(800, 800)),
+                                      keeps_aspect=False)
+    assert (data_defaults.ratios_fit(boxes, CPU.aspect_ratios)["a"] >= 0.95) == fits
+
+
+def test_aspect_ratios_are_a_k_means_of_the_boxes_when_the_template_s_do_not_fit():
+    # Square images: the aspect ratio at the input is the boxes' own; text-line-like boxes
+    # 4, 6 and 8 times wider than high, which no template ratio (0.5, 1, 2) fits.
+    images = [[("a", 80, 20), ("b", 120, 20), ("c", 160, 20), ("b", 90, 15)]] * 10
     ratios = derive(data_report(images, size=(400, 400))).aspect_ratios
     assert ratios.source == DERIVED and len(ratios.value) == 3
-    for fitted, wanted in zip(ratios.value, (0.5, 1.0, 2.0)):
+    for fitted, wanted in zip(ratios.value, (4.0, 6.0, 8.0)):
         assert fitted == pytest.approx(wanted, rel=0.1)  # within a bin of the report (9%)
     assert ratios.reason.startswith(
         f"anchor aspect ratios {', '.join(f'{r:g}' for r in ratios.value)}: k-means of 40 train")
+    assert ratios.reason.endswith("(the template's fit only 0% of class 'a''s boxes)")
+
+
+def test_one_class_the_template_does_not_fit_is_enough_to_fit_the_ratios():
+    images = [[("cell", 50, 50)] * 20 + [("line", 200, 20)]] * 5
+    ratios = derive(data_report(images, size=(400, 400))).aspect_ratios
+    assert ratios.source == DERIVED and ratios.reason.endswith("of class 'line''s boxes)")
 
 
 def test_aspect_ratios_follow_the_resizer_frame():
-    """640x480 squashed into a square makes a round cell 0.75 wide per high; a keep-aspect
-    resizer keeps it round."""
-    report = data_report([[("cell", 100, 100)]] * 5)
+    """A 400x40 box of a 640x480 image squashed into a square is 7.5 wide per high; a
+    keep-aspect resizer keeps it at 10."""
+    report = data_report([[("line", 400, 40)]] * 5)
     squashed = derive(report).aspect_ratios.value
     kept = derive(report, facts=TemplateFacts(**{**vars(CPU), "keeps_aspect": True}))
-    assert squashed == (pytest.approx(0.75, rel=0.1),)  # one cluster: the ratios are distinct
-    assert kept.aspect_ratios.value == (pytest.approx(1.0, rel=0.1),)
+    assert squashed == (pytest.approx(7.5, rel=0.1),)  # one cluster: the ratios are distinct
+    assert kept.aspect_ratios.value == (pytest.approx(10.0, rel=0.1),)
 
 
 def test_anchors_shrink_to_match_small_boxes_but_never_grow():
@@ -125,9 +149,11 @@ def test_a_pinned_param_always_wins_over_the_derived_value():
     assert [(c.key, c.value, c.source) for c in defaults.choices()] == [
         ("image_size", 256, PINNED), ("anchor_aspect_ratios", (1.0, 3.0), PINNED),
         ("anchor_factor", 1.25, PINNED), ("max_boxes", 40, PINNED), ("num_steps", 500, PINNED)]
-    # ... and the same data without the pins derives other values.
+    # ... and the same data without the pins derives other values (the template's ratios
+    # fit these boxes: kept, not pinned).
     derived = derive(data_report(BLOOD), train=TrainParams(num_steps=0))
-    assert all(c.source == DERIVED for c in derived.choices())
+    assert [c.source for c in derived.choices()] == [DERIVED, TEMPLATE, DERIVED, DERIVED,
+                                                     DERIVED]
     assert [c.value for c in derived.choices()] != [c.value for c in defaults.choices()]
 
 

@@ -229,12 +229,20 @@ def test_the_rendered_config_carries_the_values_derived_from_the_data(tmp_path):
     assert ssd.image_resizer.fixed_shape_resizer.height == expected.image_size.value == 320
     anchors = ssd.anchor_generator.multiscale_anchor_generator
     assert list(anchors.aspect_ratios) == pytest.approx(expected.aspect_ratios.value)
-    assert expected.aspect_ratios.value != (1.0, 2.0, 0.5)
+    assert expected.aspect_ratios.value == (1.0, 2.0, 0.5)  # they fit these boxes: kept
     assert anchors.anchor_scale == pytest.approx(3.0 * expected.anchor_factor.value) == 1.5
     assert tc.max_number_of_boxes == expected.max_boxes.value == 6
     assert tc.num_steps == expected.num_steps.value == 80 * 20 // 16
     cosine = tc.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
     assert cosine.total_steps == 100
+
+
+def test_fitted_aspect_ratios_are_written_when_the_template_s_do_not_fit(tmp_path):
+    report = data_report([[("line", 400, 40)]] * 5)  # 7.5 wide per high once squashed
+    data_dir = write_convert_output(tmp_path / "data", report=report)
+    configs = render_to_file(data_dir, ModelParams(), TrainParams())
+    anchors = configs["model"].ssd.anchor_generator.multiscale_anchor_generator
+    assert list(anchors.aspect_ratios) == [pytest.approx(7.5, rel=0.1)]
 
 
 def test_the_template_facts_are_read_from_the_template():
