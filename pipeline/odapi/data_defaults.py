@@ -50,7 +50,7 @@ MIN_ANCHOR_FACTOR = 0.5
 #: the matcher's 0.5 is left to the mismatch of sizes between the anchor scales). The template's
 #: 0.5, 1, 2 fit every ratio from 0.34 to 2.9. Why not always fit them: on the sample (boxes
 #: about square) the k-means gave 0.87, 1, 1.15 and test mAP@0.5 0.942 and 0.827 in two default
-#: runs, against 0.95-0.97 in every run with the template's (docs/benchmarks.md).
+#: runs, against 0.914-0.973 with the template's (docs/benchmarks.md): a lean, not a proof.
 RATIO_FIT_IOU = 0.7
 #: Lloyd iterations of the 1-D k-means of the aspect ratios (it converges in a few).
 KMEANS_ITERATIONS = 50
