@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from projects import (BCCD, make_project, merged, params_overrides,  # noqa: E402
-                      run_dvc)  # (benchmarks/projects.py)
+                      run_dvc, report_scores)  # (benchmarks/projects.py)
 
 #: Named values of ``train.augmentations``; "template" is [] (the template's own: a flip).
 RECIPES = {
@@ -64,10 +64,7 @@ def run(work: Path, dataset: str, recipe: str, args: argparse.Namespace) -> dict
                            run_params(dataset, recipe, args.steps, args.set))
     load_before = os.getloadavg()[0]
     seconds = run_dvc(["repro", "report"], project).stages
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    return {"dataset": dataset, "recipe": recipe, "map": round(metrics["map"], 3),
-            "map_50": round(metrics["map_50"], 3), "map_75": round(metrics["map_75"], 3),
-            "ap50_per_class": {k: round(v["ap50"], 3) for k, v in metrics["per_class"].items()},
+    return {"dataset": dataset, "recipe": recipe, **report_scores(project),
             "train_seconds": seconds.get("train"),
             "load": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))
-from projects import BCCD, make_project, run_dvc  # noqa: E402  (benchmarks/projects.py)
+from projects import BCCD, make_project, run_dvc, report_scores  # noqa: E402  (benchmarks/projects.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,17 +64,13 @@ def run_side(work: Path, name: str, steps: int, checkpoint: str, learning_rate: 
     print(f"{name}: dvc repro report ({steps} steps on BCCD) ...", flush=True)
     load_before = os.getloadavg()[0]
     seconds = run_dvc(["repro", "report"], project).stages
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
     restore = project / "models" / "train" / "fine_tune_restore.json"
     counts = {}
     if restore.is_file():
         report = json.loads(restore.read_text())
         counts = {k: report[k] for k in ("restored_variables", "unrestored_variables",
                                          "freshly_initialised_variables")}
-    return {"map": round(metrics["map"], 3), "map_50": round(metrics["map_50"], 3),
-            "map_75": round(metrics["map_75"], 3),
-            "ap50_per_class": {k: round(v["ap50"], 3) for k, v in metrics["per_class"].items()},
-            "train_seconds": round(seconds.get("train"), 1), "restore": counts,
+    return {**report_scores(project), "train_seconds": round(seconds.get("train"), 1), "restore": counts,
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 

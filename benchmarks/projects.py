@@ -5,6 +5,7 @@ Import it from a benchmark script (its folder is ``sys.path[0]`` when the script
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -100,3 +101,12 @@ def merged(*overrides: Mapping[str, dict]) -> dict[str, dict]:
         for section, values in override.items():
             result.setdefault(section, {}).update(values)
     return result
+
+
+def report_scores(project: Path) -> dict:
+    """The report stage's test scores in ``project`` (3 decimals): mAP, mAP@0.5, AP75 and
+    AP@0.5 per class."""
+    # A literal path: a script in benchmarks/ sees benchmarks/pipeline.py as `pipeline`.
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    return {**{key: round(metrics[key], 3) for key in ("map", "map_50", "map_75")},
+            "ap50_per_class": {k: round(v["ap50"], 3) for k, v in metrics["per_class"].items()}}
