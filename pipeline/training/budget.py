@@ -82,9 +82,8 @@ def seconds_needed(start: int, end: int, timing: Timing, evaluation_seconds: flo
     evaluations during training."""
     if end <= start:
         return 0.0
-    pauses = (end - 1) // eval_every_n - start // eval_every_n if eval_every_n else 0
-    if evaluates_in_training:
-        pauses = 0
+    segmented = eval_every_n and not evaluates_in_training
+    pauses = (end - 1) // eval_every_n - start // eval_every_n if segmented else 0
     return ((1 + pauses) * timing.restart_seconds + (end - start) * timing.seconds_per_step
             + evaluations_between(start, end, eval_every_n) * evaluation_seconds)
 
