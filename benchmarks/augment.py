@@ -10,6 +10,8 @@ AP@0.5, train stage seconds and the load average) and, last, a JSON object.
 
 Run from the repository root with the environment active:
 ``python benchmarks/augment.py [--datasets bccd sample] [--recipes NAME ...] [--steps N]``.
+``--template-replace OLD NEW`` edits the model template of every project copy, to measure a
+template setting params.yaml does not expose (e.g. the loss weights: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from projects import (BCCD, make_project, merged, params_overrides,  # noqa: E402
@@ -44,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=800, help="training steps per run")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=YAML",
                         help="other params of every run, e.g. model.image_size=320")
+    parser.add_argument("--template-replace", nargs=2, action="append", default=[],
+                        metavar=("OLD", "NEW"), help="replace the text OLD (found exactly once) "
+                        "by NEW in the model template of every run (\\n: a line break); repeatable")
     parser.add_argument("--keep", type=Path, help="keep the projects in this folder")
     return parser.parse_args(argv)
 
@@ -59,9 +66,25 @@ def run_params(dataset: str, recipe: str, steps: int, extra: list[str]) -> dict:
     return merged(params, params_overrides(extra))
 
 
+def patch_template(project: Path, replacements: list[tuple[str, str]]) -> None:
+    """Apply ``(old, new)`` text replacements to the template ``model.name`` names in the
+    project copy; each ``old`` must occur exactly once (else exit, naming it)."""
+    name = yaml.safe_load((project / "params.yaml").read_text())["model"]["name"]
+    template = project / "configs" / f"{name}.config"
+    text = template.read_text()
+    for old, new in replacements:
+        old, new = old.replace("\\n", "\n"), new.replace("\\n", "\n")
+        if text.count(old) != 1:
+            sys.exit(f"--template-replace: {old!r} occurs {text.count(old)} times in "
+                     f"configs/{name}.config (expected once)")
+        text = text.replace(old, new)
+    template.write_text(text)
+
+
 def run(work: Path, dataset: str, recipe: str, args: argparse.Namespace) -> dict:
     project = make_project(work / f"{dataset}_{recipe}",
                            run_params(dataset, recipe, args.steps, args.set))
+    patch_template(project, args.template_replace)
     load_before = os.getloadavg()[0]
     seconds = run_dvc(["repro", "report"], project).stages
     return {"dataset": dataset, "recipe": recipe, **report_scores(project),
@@ -84,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{dataset:>6} {recipe:>12}: mAP {result['map']}, mAP@0.5 "
                       f"{result['map_50']}, AP75 {result['map_75']} (AP@0.5 {classes}); train "
                       f"{result['train_seconds']} s; load {result['load']}", flush=True)
-    print(json.dumps({"steps": args.steps, "set": args.set, "runs": results}))
+    print(json.dumps({"steps": args.steps, "set": args.set,
+                      "template_replace": args.template_replace, "runs": results}))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,30 @@ def test_set_values_are_yaml(bench) -> None:
     assert overrides["train"]["augmentations"] == ["random_rotation90"]
     assert overrides["train"]["seed"] == 3
     assert "data" not in overrides  # the sample: the default data params
+
+
+def _project_with_template(tmp_path, text: str):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.config").write_text(text)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": {"name": "tiny"}}))
+    return tmp_path
+
+
+def test_template_replace_edits_the_named_template(bench, tmp_path) -> None:
+    project = _project_with_template(tmp_path, "loss {\n  weight: 1.0\n}\nweight_decay: 1.0\n")
+    bench.patch_template(project, [("loss {\\n  weight: 1.0", "loss {\n  weight: 2.0")])
+    assert (project / "configs" / "tiny.config").read_text() == (
+        "loss {\n  weight: 2.0\n}\nweight_decay: 1.0\n")
+
+
+@pytest.mark.parametrize("old", ["absent: 1", "1.0"])
+def test_template_replace_needs_exactly_one_match(bench, tmp_path, old: str) -> None:
+    project = _project_with_template(tmp_path, "weight: 1.0\nother: 1.0\n")
+    with pytest.raises(SystemExit, match="expected once"):
+        bench.patch_template(project, [(old, "x")])
+    assert (project / "configs" / "tiny.config").read_text() == "weight: 1.0\nother: 1.0\n"
+
+
+def test_template_replace_is_parsed_in_pairs(bench) -> None:
+    args = bench.parse_args(["--template-replace", "a: 1", "a: 2", "--template-replace", "b", "c"])
+    assert args.template_replace == [["a: 1", "a: 2"], ["b", "c"]]
