@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import logs, progress
-from pipeline.odapi.training_hooks import without_autotune
 
 #: ``train.best_metric`` -> (OD API metric name, True when higher is better)
 METRICS = {
@@ -39,9 +38,9 @@ def evaluate_checkpoint(config: Path, checkpoint: str, summary_dir: Path) -> dic
     configs["eval_config"].num_visualizations = 0
     model = model_builder.build(model_config=configs["model"], is_training=True)
     strategy = tf.distribute.get_strategy()
-    dataset = strategy.experimental_distribute_dataset(without_autotune(inputs.eval_input(
+    dataset = strategy.experimental_distribute_dataset(inputs.eval_input(
         eval_config=configs["eval_config"], eval_input_config=configs["eval_input_configs"][0],
-        model_config=configs["model"], model=model)))  # why: odapi/training_hooks.py, hook B
+        model_config=configs["model"], model=model))
     step = tf.Variable(0, trainable=False, dtype=tf.int64)
     tf.train.Checkpoint(step=step, model=model).restore(checkpoint).expect_partial()
     writer = tf.summary.create_file_writer(str(summary_dir))

@@ -3,7 +3,6 @@ import pytest
 
 from pipeline.core import compat
 from pipeline.odapi import training_hooks
-from tests.paths import ROOT
 
 
 @pytest.mark.parametrize("steps, expected", [(1000, 100), (30, 30), (250, 50), (97, 97),
@@ -97,28 +96,3 @@ def test_the_train_input_is_wrapped_once_without_the_autotune_model_thread():
     dataset = module.train_input()
     assert dataset.options().autotune.enabled is False
     assert list(dataset.as_numpy_iterator()) == [0, 1, 2]
-
-
-def test_the_val_input_of_checkpoint_evaluation_has_no_autotune_model_thread(monkeypatch):
-    compat.apply()
-    import tensorflow as tf
-    from object_detection import inputs
-
-    from pipeline.training import checkpoint_eval
-
-    seen = {}
-
-    class Stop(Exception):
-        pass
-
-    def distribute(dataset):
-        seen["autotune"] = dataset.options().autotune.enabled
-        raise Stop
-
-    monkeypatch.setattr(inputs, "eval_input", lambda **kwargs: tf.data.Dataset.range(2))
-    monkeypatch.setattr(tf.distribute.get_strategy(), "experimental_distribute_dataset",
-                        distribute)
-    with pytest.raises(Stop):
-        checkpoint_eval.evaluate_checkpoint(ROOT / "configs" / "ssd_mobilenet_v2_fpnlite_cpu.config",
-                                            "unused", None)
-    assert seen == {"autotune": False}
