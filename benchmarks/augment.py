@@ -67,7 +67,7 @@ def run_params(dataset: str, recipe: str, steps: int, extra: list[str]) -> dict:
 
 
 def patch_template(project: Path, replacements: list[tuple[str, str]]) -> None:
-    """Apply ``(old, new)`` text replacements to the template ``model.name`` names in the
+    """Apply ``(old, new)`` text replacements to the template that ``model.name`` names in the
     project copy; each ``old`` must occur exactly once (else exit, naming it)."""
     name = yaml.safe_load((project / "params.yaml").read_text())["model"]["name"]
     template = project / "configs" / f"{name}.config"
