@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))
-from projects import BCCD, make_project, run_dvc, report_scores  # noqa: E402  (benchmarks/projects.py)
+from projects import (BCCD, make_project, report_scores,  # noqa: E402
+                      run_dvc)  # (benchmarks/projects.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +71,8 @@ def run_side(work: Path, name: str, steps: int, checkpoint: str, learning_rate: 
         report = json.loads(restore.read_text())
         counts = {k: report[k] for k in ("restored_variables", "unrestored_variables",
                                          "freshly_initialised_variables")}
-    return {**report_scores(project), "train_seconds": round(seconds.get("train"), 1), "restore": counts,
+    return {**report_scores(project), "train_seconds": round(seconds.get("train"), 1),
+            "restore": counts,
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 

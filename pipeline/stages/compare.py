@@ -3,8 +3,8 @@
 ``dvc exp show`` prints every param and metric (60 param columns before the first metric);
 this prints the few that tell experiments apart: the model, the steps trained, batch size,
 learning rate, dataset and the test mAP. It reads ``dvc exp show --json`` (run here, or a
-saved file with ``--input``), so it shows exactly the experiments DVC knows: the workspace, the commits and
-their experiments (queued or failed ones with ``-`` for what they have not produced).
+saved file with ``--input``), so it shows exactly the experiments DVC knows: the workspace, the
+commits and their experiments (queued or failed ones with ``-`` for what they have not produced).
 """
 from __future__ import annotations
 
