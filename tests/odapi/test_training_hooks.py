@@ -96,3 +96,47 @@ def test_the_train_input_is_wrapped_once_without_the_autotune_model_thread():
     dataset = module.train_input()
     assert dataset.options().autotune.enabled is False
     assert list(dataset.as_numpy_iterator()) == [0, 1, 2]
+
+
+def test_replica_prefetch_datasets_are_built_once_wrapped_without_autotune(monkeypatch):
+    import tensorflow as tf
+    from tensorflow.python.data.ops import multi_device_iterator_ops
+
+    monkeypatch.setattr(multi_device_iterator_ops, "_create_device_dataset",
+                        lambda *args, **kwargs: tf.data.Dataset.range(3))
+    training_hooks.without_autotune_on_replica_prefetch()
+    wrapped = multi_device_iterator_ops._create_device_dataset
+    training_hooks.without_autotune_on_replica_prefetch()
+    assert multi_device_iterator_ops._create_device_dataset is wrapped
+    dataset = wrapped("prototype", 0, 1, False)
+    assert dataset.options().autotune.enabled is False
+    assert list(dataset.as_numpy_iterator()) == [0, 1, 2]
+
+
+def test_a_distributed_input_still_yields_every_batch_after_the_replica_prefetch_hook(
+        monkeypatch):
+    import tensorflow as tf
+    from tensorflow.python.data.ops import multi_device_iterator_ops
+
+    # Registered first, so that the hook's own assignment is undone after the test.
+    monkeypatch.setattr(multi_device_iterator_ops, "_create_device_dataset",
+                        multi_device_iterator_ops._create_device_dataset)
+    training_hooks.without_autotune_on_replica_prefetch()
+    hooked, created = multi_device_iterator_ops._create_device_dataset, []
+
+    def recording(*args, **kwargs):
+        created.append(hooked(*args, **kwargs))
+        return created[-1]
+
+    monkeypatch.setattr(multi_device_iterator_ops, "_create_device_dataset", recording)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    batches = strategy.distribute_datasets_from_function(
+        lambda context: tf.data.Dataset.range(6).batch(2))
+
+    @tf.function
+    def total(iterator):  # consumed inside a function, as train_loop does
+        return strategy.run(tf.reduce_sum, args=(next(iterator),))
+
+    iterator = iter(batches)
+    assert [int(total(iterator)) for _ in range(3)] == [1, 5, 9]
+    assert created and all(ds.options().autotune.enabled is False for ds in created)
