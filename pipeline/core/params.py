@@ -234,17 +234,17 @@ class ModelParams:
 class TrainParams:
     """Optimisation settings written into pipeline.config and the training loop."""
 
-    batch_size: StrictInt = Field(16, ge=1, le=4096)
-    num_steps: StrictInt = derivable(800, derive_when=0, ge=0, le=10_000_000)
+    batch_size: StrictInt = Field(8, ge=1, le=4096)
+    num_steps: StrictInt = derivable(1600, derive_when=0, ge=0, le=10_000_000)
     epochs: StrictInt = Field(32, ge=1, le=100_000)
     learning_rate: FiniteFloat = Field(0.0, ge=0.0, le=10.0)
-    warmup_steps: StrictInt = Field(80, ge=0, le=10_000_000)
+    warmup_steps: StrictInt = Field(160, ge=0, le=10_000_000)
     freeze_backbone_steps: StrictInt = Field(0, ge=-1, le=10_000_000)
-    checkpoint_every_n: StrictInt = Field(200, ge=1, le=10_000_000)
+    checkpoint_every_n: StrictInt = Field(400, ge=1, le=10_000_000)
     max_boxes: StrictInt = derivable(0, ge=0, le=10_000)
     augmentations: Annotated[Names, members_of((NO_AUGMENTATION, *AUGMENTATIONS))] = ()
     seed: StrictInt = Field(0, ge=0, le=2**31 - 1)
-    eval_every_n: StrictInt = Field(400, ge=0, le=10_000_000)
+    eval_every_n: StrictInt = Field(800, ge=0, le=10_000_000)
     best_metric: Literal["map", "map_50", "map_75", "mar_100", "val_loss"] = "map"
     num_workers: StrictInt = Field(1, ge=1, le=10_000)
     tpu_name: StrictStr = ""

@@ -337,8 +337,8 @@ def test_a_param_is_pinned_unless_its_value_asks_for_derivation():
     ratios = ModelParams(anchor_aspect_ratios=(0.5, 1.0))
     assert pinned(ratios, "anchor_aspect_ratios") == (0.5, 1.0)
     assert pinned(TrainParams(), "max_boxes") is None
-    # num_steps is derived (from train.epochs) only when 0; its default 800 is a value.
-    assert pinned(TrainParams(), "num_steps") == 800
+    # num_steps is derived (from train.epochs) only when 0; its default 1600 is a value.
+    assert pinned(TrainParams(), "num_steps") == 1600
     assert pinned(TrainParams(num_steps=0), "num_steps") is None
     with pytest.raises(KeyError, match="TrainParams.batch_size is not derived"):
         pinned(TrainParams(), "batch_size")

@@ -128,7 +128,7 @@ def test_steps_are_epochs_times_train_images_over_the_batch_when_num_steps_is_0(
     steps = derive(report, train=TrainParams(num_steps=0, epochs=30, batch_size=16)).num_steps
     assert (steps.value, steps.source) == (math.ceil(30 * 20 / 16), DERIVED)
     assert steps.reason == "num_steps 38: 30 epochs x 20 train images / batch 16"
-    assert data_defaults.steps_for_epochs(32, 400, 16) == 800  # the demo's 800 steps
+    assert data_defaults.steps_for_epochs(32, 400, 8) == 1600  # the demo's 1600 steps
     with pytest.raises(PipelineError, match="train.num_steps 0 .* run the convert stage"):
         derive({}, train=TrainParams(num_steps=0))
 

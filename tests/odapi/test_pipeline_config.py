@@ -82,13 +82,15 @@ def cosine_of(config):
 
 
 def test_the_default_model_keeps_its_learning_rate(data_dir):
-    """Shipped defaults: 0.08 peak at batch 16, warmup from 0.008 over 80 of 800 steps."""
+    """Shipped defaults: 0.04 peak at batch 8 (0.08 at the reference 16), warmup from 0.004
+    over 160 of 1600 steps."""
     config = pipeline_config.render(ModelParams(), TrainParams(), data_dir)
     cosine = cosine_of(config)
-    assert config.train_config.batch_size == 16
+    assert config.train_config.batch_size == 8
     assert (cosine.learning_rate_base, cosine.warmup_learning_rate) == (
-        pytest.approx(0.08), pytest.approx(0.008))
-    assert (cosine.warmup_steps, cosine.total_steps, config.train_config.num_steps) == (80, 800, 800)
+        pytest.approx(0.04), pytest.approx(0.004))
+    assert (cosine.warmup_steps, cosine.total_steps, config.train_config.num_steps) == (
+        160, 1600, 1600)
 
 
 @pytest.mark.parametrize("name, batch, learning_rate, expected", [
@@ -222,9 +224,9 @@ def anchors_of(config):
 def test_the_rendered_config_carries_the_values_derived_from_the_data(tmp_path):
     report = data_report(BLOOD)  # 640x480 images with 14 px platelets, 6 objects per image
     data_dir = write_convert_output(tmp_path / "data", report=report)
-    configs = render_to_file(data_dir, ModelParams(), TrainParams(num_steps=0, epochs=80))
-    expected = data_defaults.derive(report, CPU, ModelParams(),
-                                    TrainParams(num_steps=0, epochs=80), fine_tuning=False)
+    train = TrainParams(num_steps=0, epochs=80, batch_size=16, warmup_steps=80)
+    configs = render_to_file(data_dir, ModelParams(), train)
+    expected = data_defaults.derive(report, CPU, ModelParams(), train, fine_tuning=False)
     ssd, tc = configs["model"].ssd, configs["train_config"]
     assert ssd.image_resizer.fixed_shape_resizer.height == expected.image_size.value == 320
     anchors = ssd.anchor_generator.multiscale_anchor_generator
@@ -283,4 +285,5 @@ def test_num_steps_derived_too_small_for_the_warmup_is_a_clear_error(tmp_path):
     data_dir = write_convert_output(tmp_path / "data", report=data_report(BLOOD))
     with pytest.raises(ParamsError, match=r"warmup_steps must be smaller than train.num_steps "
                                           r"\(2\).*num_steps 2: 1 epochs x 20 train images"):
-        pipeline_config.render(ModelParams(), TrainParams(num_steps=0, epochs=1), data_dir)
+        pipeline_config.render(ModelParams(), TrainParams(num_steps=0, epochs=1, batch_size=16),
+                               data_dir)

@@ -46,7 +46,7 @@ def test_configure_shows_and_records_each_derived_value(tmp_path, monkeypatch, c
     assert "input 320 px: keeps 100% of every class's boxes >= 8 px [derived]" in lines
     assert any(line.startswith("anchors x0.5: smallest 12 px") for line in lines)
     assert "max_boxes 6: the busiest image [derived]" in lines
-    assert "num_steps 800: train.num_steps (640.0 epochs) [pinned]" in lines
+    assert "num_steps 1600: train.num_steps (640.0 epochs) [pinned]" in lines
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("object-detection").experiment_id])[0]
     assert run.data.params["derived.image_size"] == "320"

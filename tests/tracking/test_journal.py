@@ -26,7 +26,7 @@ def test_read_run_file_is_none_without_a_file(tmp_path):
 
 def test_flatten_params_names_keys_by_section():
     flat = tracking.flatten_params(Params(), ("sample", "train"))
-    assert flat["train.batch_size"] == 16
+    assert flat["train.batch_size"] == 8
     assert flat["sample.classes"] == ["circle", "square", "triangle"]
     assert not any(k.startswith("model.") for k in flat)
 

@@ -29,6 +29,6 @@ def test_report_provenance_names_model_params_dataset_commit_run_and_date(tmp_pa
     rows = dict(provenance.report_provenance(Params(), model_dir, Path("data/tfrecords")))
     assert set(rows) == {"model", "key params", "dataset", "git commit", "MLflow", "date"}
     assert rows["model"].startswith("ssd_mobilenet_v2_fpnlite_cpu (template)")
-    assert "train.batch_size 16" in rows["key params"]
+    assert "train.batch_size 8" in rows["key params"]
     assert "0123abc.dir" in rows["dataset"] and rows["git commit"] == "c0ffee"
     assert "run0123" in rows["MLflow"] and rows["date"].startswith("20")
