@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", choices=("bccd", "sample"), default=["bccd"])
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
                         default=["template", "scale_crop", "ssd_crop"])
-    parser.add_argument("--steps", type=int, default=800, help="training steps per run")
+    parser.add_argument("--steps", type=int,
+                        help="training steps per run (default: params.yaml's train.num_steps)")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=YAML",
                         help="other params of every run, e.g. model.image_size=320")
     parser.add_argument("--template-replace", nargs=2, action="append", default=[],
@@ -55,10 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_params(dataset: str, recipe: str, steps: int, extra: list[str]) -> dict:
-    """The params overrides of one run: fixed steps, no TFLite, no drawings, no registry;
-    ``extra``: ``SECTION.KEY=YAML`` pairs on top."""
-    params = {"train": {"num_steps": steps, "augmentations": RECIPES[recipe]},
+def run_params(dataset: str, recipe: str, steps: int | None, extra: list[str]) -> dict:
+    """The params overrides of one run: fixed steps (``None``: params.yaml's), no TFLite, no
+    drawings, no registry; ``extra``: ``SECTION.KEY=YAML`` pairs on top."""
+    train = {"augmentations": RECIPES[recipe], **({"num_steps": steps} if steps else {})}
+    params = {"train": train,
               "export": {"tflite": [], "verify_images": 2},
               "report": {"sample_images": 0, "worst_images": 0, "registered_model": ""}}
     if dataset == "bccd":

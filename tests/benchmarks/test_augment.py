@@ -62,3 +62,11 @@ def test_template_replace_needs_exactly_one_match(bench, tmp_path, old: str) -> 
 def test_template_replace_is_parsed_in_pairs(bench) -> None:
     args = bench.parse_args(["--template-replace", "a: 1", "a: 2", "--template-replace", "b", "c"])
     assert args.template_replace == [["a: 1", "a: 2"], ["b", "c"]]
+
+
+def test_without_steps_a_run_keeps_the_params_file_step_count(bench) -> None:
+    assert bench.parse_args([]).steps is None
+    overrides = bench.run_params("sample", "template", None, [])
+    assert "num_steps" not in overrides["train"]
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["num_steps"]
+    assert params_from_dict(_merged(overrides)).train.num_steps == shipped
