@@ -155,18 +155,22 @@ def checkpoint_step(model_dir) -> int:
 # Drop when TensorFlow wakes the model thread on cancellation.
 
 
-def without_autotune_model_thread(inputs_module) -> None:
-    """Make ``inputs.train_input`` return its dataset with tf.data autotuning disabled."""
+def _without_autotune(dataset):
     import tensorflow as tf
 
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def without_autotune_model_thread(inputs_module) -> None:
+    """Make ``inputs.train_input`` return its dataset with tf.data autotuning disabled."""
     original = inputs_module.train_input
     if getattr(original, "_without_autotune", False):
         return
 
     def train_input(*args, **kwargs):
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        return original(*args, **kwargs).with_options(options)
+        return _without_autotune(original(*args, **kwargs))
 
     train_input._without_autotune = True
     train_input.od_api_original = original
@@ -176,7 +180,6 @@ def without_autotune_model_thread(inputs_module) -> None:
 def without_autotune_on_replica_prefetch() -> None:
     """Build the per-device datasets of tf.distribute's MultiDeviceIterator without autotuning
     (TensorFlow's private ``multi_device_iterator_ops._create_device_dataset``; see above)."""
-    import tensorflow as tf
     from tensorflow.python.data.ops import multi_device_iterator_ops
 
     original = multi_device_iterator_ops._create_device_dataset
@@ -184,9 +187,7 @@ def without_autotune_on_replica_prefetch() -> None:
         return
 
     def create_device_dataset(*args, **kwargs):
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        return original(*args, **kwargs).with_options(options)
+        return _without_autotune(original(*args, **kwargs))
 
     create_device_dataset._without_autotune = True
     multi_device_iterator_ops._create_device_dataset = create_device_dataset
