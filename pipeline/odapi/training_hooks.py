@@ -182,9 +182,9 @@ def without_autotune_on_replica_prefetch() -> None:
     (TensorFlow's private ``multi_device_iterator_ops._create_device_dataset``; see above)."""
     from tensorflow.python.data.ops import multi_device_iterator_ops
 
-    original = multi_device_iterator_ops._create_device_dataset
-    if getattr(original, "_without_autotune", False):
-        return
+    original = getattr(multi_device_iterator_ops, "_create_device_dataset", None)
+    if original is None or getattr(original, "_without_autotune", False):
+        return  # None: another TensorFlow builds them elsewhere; training runs, maybe with the wait
 
     def create_device_dataset(*args, **kwargs):
         return _without_autotune(original(*args, **kwargs))

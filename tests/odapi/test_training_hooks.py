@@ -140,3 +140,11 @@ def test_a_distributed_input_still_yields_every_batch_after_the_replica_prefetch
     iterator = iter(batches)
     assert [int(total(iterator)) for _ in range(3)] == [1, 5, 9]
     assert created and all(ds.options().autotune.enabled is False for ds in created)
+
+
+def test_replica_prefetch_hook_is_a_no_op_where_tensorflow_lacks_the_function(monkeypatch):
+    from tensorflow.python.data.ops import multi_device_iterator_ops
+
+    monkeypatch.delattr(multi_device_iterator_ops, "_create_device_dataset")
+    training_hooks.without_autotune_on_replica_prefetch()
+    assert not hasattr(multi_device_iterator_ops, "_create_device_dataset")
