@@ -157,8 +157,7 @@ def bare_train_loop(config: Path, model_dir: Path, steps: int, per_iteration: in
     from object_detection import model_lib_v2
 
     if stage_input:
-        training_hooks.without_autotune_model_thread(model_lib_v2.inputs)
-        training_hooks.without_autotune_on_replica_prefetch()
+        training_hooks.without_autotune_threads(model_lib_v2.inputs)
     blocks = {"num_steps_per_iteration": per_iteration} if per_iteration else {}
     tf.keras.utils.set_random_seed(0)  # as the train stage does (train.seed)
     tf.config.set_soft_device_placement(True)

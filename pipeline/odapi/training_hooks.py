@@ -72,8 +72,7 @@ def save_final_checkpoint_after_train_loop() -> None:
             return path
 
     def train_loop(*args, **kwargs):
-        without_autotune_model_thread(model_lib_v2.inputs)
-        without_autotune_on_replica_prefetch()
+        without_autotune_threads(model_lib_v2.inputs)
         if kwargs.get("train_steps") and "num_steps_per_iteration" not in kwargs:
             kwargs["num_steps_per_iteration"] = resume_block_size(
                 kwargs["train_steps"], checkpoint_step(kwargs.get("model_dir")),
@@ -153,6 +152,12 @@ def checkpoint_step(model_dir) -> int:
 # ``Model::OptimizeLoop``). The hook also builds the per-device datasets without autotune; a
 # one-element prefetch has nothing to tune.
 # Drop when TensorFlow wakes the model thread on cancellation.
+
+
+def without_autotune_threads(inputs_module) -> None:
+    """Hook B whole: the train input and the per-replica prefetch datasets without autotuning."""
+    without_autotune_model_thread(inputs_module)
+    without_autotune_on_replica_prefetch()
 
 
 def _without_autotune(dataset):

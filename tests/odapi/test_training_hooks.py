@@ -148,3 +148,18 @@ def test_replica_prefetch_hook_is_a_no_op_where_tensorflow_lacks_the_function(mo
     monkeypatch.delattr(multi_device_iterator_ops, "_create_device_dataset")
     training_hooks.without_autotune_on_replica_prefetch()
     assert not hasattr(multi_device_iterator_ops, "_create_device_dataset")
+
+
+def test_hook_b_whole_wraps_the_train_input_and_the_replica_prefetch(monkeypatch):
+    import types
+
+    import tensorflow as tf
+    from tensorflow.python.data.ops import multi_device_iterator_ops
+
+    monkeypatch.setattr(multi_device_iterator_ops, "_create_device_dataset",
+                        lambda *args, **kwargs: tf.data.Dataset.range(2))
+    module = types.SimpleNamespace(train_input=lambda *a, **k: tf.data.Dataset.range(3))
+    training_hooks.without_autotune_threads(module)
+    assert module.train_input().options().autotune.enabled is False
+    replica = multi_device_iterator_ops._create_device_dataset("prototype", 0, 1, False)
+    assert replica.options().autotune.enabled is False
