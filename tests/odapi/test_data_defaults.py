@@ -18,8 +18,11 @@ from pipeline.odapi.data_defaults import DERIVED, PINNED, TEMPLATE, TemplateFact
 CPU = TemplateFacts(image_size=256, input_sizes=(256, 320, 384), keeps_aspect=False,
                     aspect_ratios=(1.0, 2.0, 0.5), smallest_anchor=(24.0, 0.0), max_boxes=50)
 
-#: BCCD-like: 640x480 images, five 100 px cells and one 14 px platelet in each.
-BLOOD = [[("cell", 100, 100)] * 5 + [("platelet", 14, 14)]] * 20
+#: BCCD-like: 640x480 images, five 100 px cells and one 30 px platelet in each.
+BLOOD = [[("cell", 100, 100)] * 5 + [("platelet", 30, 30)]] * 20
+#: The same with 10 px platelets: too small for every input size of the template.
+SPECKS = [[("cell", 100, 100)] * 5 + [("platelet", 10, 10)]] * 20
+STEP_COST_320 = " (a step costs ~1.56x 256 px's)"
 
 
 def data_report(images: list[list[tuple[str, float, float]]],
@@ -41,10 +44,11 @@ def derive(report: dict, model=ModelParams(), train=TrainParams(), facts=CPU,
 
 
 def test_input_size_is_the_smallest_that_keeps_every_class_s_small_boxes_visible():
-    # A 14 px platelet of a 640x480 image is 6.5 px at 256 (squashed), 8.1 px at 320.
+    # A 30 px platelet of a 640x480 image is 13.9 px at 256 (squashed), 17.3 px at 320.
     defaults = derive(data_report(BLOOD))
     assert (defaults.image_size.value, defaults.image_size.source) == (320, DERIVED)
-    assert defaults.image_size.reason == "input 320 px: keeps 100% of every class's boxes >= 8 px"
+    assert defaults.image_size.reason == ("input 320 px: keeps 100% of every class's boxes "
+                                          f">= 16 px{STEP_COST_320}")
     # Without the small class, the template's own size is enough.
     cells_only = data_report([[("cell", 100, 100)] * 5] * 20)
     assert derive(cells_only).image_size.value == 256
@@ -52,7 +56,7 @@ def test_input_size_is_the_smallest_that_keeps_every_class_s_small_boxes_visible
 
 def test_one_rare_small_class_counts_as_much_as_a_frequent_one():
     """95% of *every* class: 2 small boxes among 200 still raise the input size."""
-    images = [[("cell", 100, 100)] * 10] * 20 + [[("platelet", 14, 14)]] * 2
+    images = [[("cell", 100, 100)] * 10] * 20 + [[("platelet", 30, 30)]] * 2
     assert derive(data_report(images)).image_size.value == 320
 
 
@@ -61,6 +65,7 @@ def test_input_size_stops_at_the_templates_cost_cap():
     assert defaults.image_size.value == 384
     assert defaults.image_size.reason.startswith(
         "input 384 px (the template's cost cap): keeps only 0% of class 'dot'")
+    assert defaults.image_size.reason.endswith(" (a step costs ~2.25x 256 px's)")
 
 
 def test_the_template_s_aspect_ratios_are_kept_while_they_fit_every_class():
@@ -109,9 +114,10 @@ def test_aspect_ratios_follow_the_resizer_frame():
 
 
 def test_anchors_shrink_to_match_small_boxes_but_never_grow():
-    # At 320 px the platelets are 8 px: a 24 px anchor overlaps them with IoU 0.11, so the
-    # anchors shrink, by at most half (12 px: IoU 0.44 still needs the next closest anchor).
-    small = derive(data_report(BLOOD)).anchor_factor
+    # At 384 px (the cost cap) 10 px platelets are 7 px: a 24 px anchor overlaps them with
+    # IoU 0.09, so the anchors shrink, by at most half (12 px: IoU 0.34 still needs the next
+    # closest anchor).
+    small = derive(data_report(SPECKS)).anchor_factor
     assert (small.value, small.source) == (data_defaults.MIN_ANCHOR_FACTOR, DERIVED)
     assert small.reason.startswith("anchors x0.5: smallest 12 px matches boxes down to 8 px "
                                    "(class 'platelet'")
@@ -119,7 +125,8 @@ def test_anchors_shrink_to_match_small_boxes_but_never_grow():
     large = derive(data_report([[("cell", 50, 50)]] * 10, size=(640, 640))).anchor_factor
     assert large.value == 1.0
     # In between: 12 px boxes want a 17 px anchor: 24 px x 0.71.
-    between = derive(data_report([[("cell", 12, 12)]] * 10, size=(256, 256))).anchor_factor
+    between = derive(data_report([[("cell", 12, 12)]] * 10, size=(256, 256)),
+                     ModelParams(image_size=256)).anchor_factor
     assert between.value == pytest.approx(math.sqrt(2) * 12 / 24, abs=0.05)
 
 
@@ -179,9 +186,9 @@ def test_fine_tuning_keeps_the_template_s_anchors():
 def test_each_value_has_one_log_line_and_mlflow_params():
     defaults = derive(data_report(BLOOD))
     assert len(defaults.lines()) == len(defaults.choices()) == 5
-    assert defaults.lines()[0] == ("input 320 px: keeps 100% of every class's boxes >= 8 px "
-                                   "[derived]")
+    assert defaults.lines()[0] == ("input 320 px: keeps 100% of every class's boxes >= 16 px"
+                                   f"{STEP_COST_320} [derived]")
     params = defaults.mlflow_params()
     assert params["derived.image_size"] == "320"
     assert params["derived.image_size.why"] == defaults.lines()[0]
-    assert params["derived.anchor_factor"] == "0.5"
+    assert params["derived.anchor_factor"] == "1.0"

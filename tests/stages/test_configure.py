@@ -33,7 +33,7 @@ def test_configure_shows_and_records_each_derived_value(tmp_path, monkeypatch, c
 
     from mlflow.tracking import MlflowClient
 
-    from tests.odapi.test_data_defaults import BLOOD, data_report
+    from tests.odapi.test_data_defaults import BLOOD, STEP_COST_320, data_report
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -43,8 +43,9 @@ def test_configure_shows_and_records_each_derived_value(tmp_path, monkeypatch, c
         configure.run(argparse.Namespace(data=data_dir, output=tmp_path / "pipeline.config",
                                          pretrained=tmp_path / "none"), params)
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.stages.configure"]
-    assert "input 320 px: keeps 100% of every class's boxes >= 8 px [derived]" in lines
-    assert any(line.startswith("anchors x0.5: smallest 12 px") for line in lines)
+    assert (f"input 320 px: keeps 100% of every class's boxes >= 16 px{STEP_COST_320} "
+            "[derived]") in lines
+    assert any(line.startswith("anchors: the template's (smallest 24 px") for line in lines)
     assert "max_boxes 6: the busiest image [derived]" in lines
     assert "num_steps 1600: train.num_steps (640.0 epochs) [pinned]" in lines
     client = MlflowClient(uri)
