@@ -9,7 +9,7 @@ from pipeline.odapi import data_defaults, pipeline_config
 from pipeline.core.errors import ParamsError, PipelineError
 from pipeline.core.params import ModelParams, TrainParams, available_models
 
-from tests.odapi.test_data_defaults import BLOOD, CPU, data_report
+from tests.odapi.test_data_defaults import BLOOD, CPU, SPECKS, data_report
 
 
 def write_convert_output(folder: Path, classes: int = 4, max_objects: int = 77,
@@ -222,13 +222,13 @@ def anchors_of(config):
 
 
 def test_the_rendered_config_carries_the_values_derived_from_the_data(tmp_path):
-    report = data_report(BLOOD)  # 640x480 images with 14 px platelets, 6 objects per image
+    report = data_report(SPECKS)  # 640x480 images with 10 px platelets, 6 objects per image
     data_dir = write_convert_output(tmp_path / "data", report=report)
     train = TrainParams(num_steps=0, epochs=80, batch_size=16, warmup_steps=80)
     configs = render_to_file(data_dir, ModelParams(), train)
     expected = data_defaults.derive(report, CPU, ModelParams(), train, fine_tuning=False)
     ssd, tc = configs["model"].ssd, configs["train_config"]
-    assert ssd.image_resizer.fixed_shape_resizer.height == expected.image_size.value == 320
+    assert ssd.image_resizer.fixed_shape_resizer.height == expected.image_size.value == 384
     anchors = ssd.anchor_generator.multiscale_anchor_generator
     assert list(anchors.aspect_ratios) == pytest.approx(expected.aspect_ratios.value)
     assert expected.aspect_ratios.value == (1.0, 2.0, 0.5)  # they fit these boxes: kept
