@@ -33,8 +33,8 @@ from pipeline.core.params import ModelParams, TrainParams, pinned
 #: A box smaller than this (sqrt of its area, input pixels) spans fewer than two cells of the
 #: finest feature map of the default template (FPN level 3, stride 8): it can be seen, but
 #: barely localised. One cell (8 px) kept BCCD at 256 px, where its platelets are 14 px; at
-#: 320 px (18 px) in the same training time, test mAP@0.5 rose from 0.842-0.852 to 0.856
-#: (docs/benchmarks.md, "Input size for small boxes").
+#: 320 px (18 px) in the same training time, test mAP was 0.511-0.531 against 0.486-0.505, in
+#: three runs each (docs/benchmarks.md, "Input size for small boxes").
 MIN_BOX_PIXELS = 16.0
 #: "Most boxes": the share of every class's boxes the input size must keep at MIN_BOX_PIXELS.
 #: Per class, because mAP averages over classes: a rare small class (BCCD's platelets) counts
