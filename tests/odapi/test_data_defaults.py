@@ -52,6 +52,7 @@ def test_input_size_is_the_smallest_that_keeps_every_class_s_small_boxes_visible
     # Without the small class, the template's own size is enough.
     cells_only = data_report([[("cell", 100, 100)] * 5] * 20)
     assert derive(cells_only).image_size.value == 256
+    assert derive(cells_only).image_size.reason.endswith("boxes >= 16 px")  # no extra cost
 
 
 def test_one_rare_small_class_counts_as_much_as_a_frequent_one():
